@@ -1,0 +1,107 @@
+"""Configuration of AdaLLaVA: LLaVA-1.5 plus a latency-driven scheduler (arXiv 2503.10905)."""
+
+from __future__ import annotations
+
+from transformers import LlavaConfig
+
+# Stamped into every saved config so a checkpoint says which code wrote it.
+ADA_HF_CODE_VERSION = "0.1.0"
+
+SCHEDULER_TYPES = ("L", "H")
+
+
+class AdaLlavaConfig(LlavaConfig):
+    r"""
+    Every argument of [`~transformers.LlavaConfig`] (CLIP `vision_config`, Llama `text_config`, projector, image token,
+    vision feature layer and strategy), plus AdaLLaVA's scheduler.
+
+    Args:
+        scheduler_type (`str`, *optional*):
+            `"L"` schedules whole decoder layers, `"H"` schedules groups of `scheduler_rank` attention heads together
+            with as many MLP neuron groups. `None` builds a plain LLaVA with no scheduler.
+        num_prefix_layers (`int`, *optional*):
+            `P`, the decoder layers that always run; the scheduler reads the `<latency>` token's hidden state after
+            them. Defaults to half the decoder layers.
+        scheduler_rank (`int`, *optional*, defaults to 8):
+            `r`, the attention heads (and MLP groups) one H unit adds to a layer. Ignored by L.
+        scheduler_tau (`float`, *optional*, defaults to 5.0):
+            Gumbel-softmax temperature of the straight-through masks during training.
+        latency_token_id (`int`, *optional*):
+            Id of the `<latency>` token whose embedding the model replaces with the latency encoding.
+        default_latency (`float`, *optional*):
+            The budget `generate` uses when none is passed. Converted AdaLLaVA checkpoints set 1.0, because they were
+            never trained without a latency token.
+        latency_embed_dim (`int`, *optional*, defaults to 256):
+            Width of the sinusoidal budget features (half sines, half cosines).
+        latency_freq_base (`float`, *optional*, defaults to 10000.0):
+            Base of the geometric sinusoid frequencies.
+    """
+
+    model_type = "ada_llava"
+
+    scheduler_type: str | None = None
+    num_prefix_layers: int | None = None
+    scheduler_rank: int = 8
+    scheduler_tau: float = 5.0
+    latency_token_id: int | None = None
+    default_latency: float | None = None
+    latency_embed_dim: int = 256
+    latency_freq_base: float = 10000.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.num_prefix_layers is None and self.scheduler_type is not None:
+            self.num_prefix_layers = self.text_config.num_hidden_layers // 2
+        self.validate_scheduler()
+
+    def validate_scheduler(self) -> None:
+        """Raise a ValueError naming the bad field if the scheduler settings cannot describe a valid model."""
+        text = self.text_config
+        if self.scheduler_type is None:
+            if self.default_latency is not None:
+                raise ValueError(
+                    f"default_latency={self.default_latency} needs a scheduler; set scheduler_type to 'L' or 'H'."
+                )
+            return
+        if self.scheduler_type not in SCHEDULER_TYPES:
+            raise ValueError(
+                f"scheduler_type={self.scheduler_type!r} is not supported; use 'L' (layers), 'H' (heads and MLP "
+                "groups) or None (plain LLaVA)."
+            )
+        if getattr(text, "model_type", None) != "llama":
+            raise ValueError(
+                f"AdaLLaVA schedules Llama decoder layers; text_config.model_type={text.model_type!r} is not 'llama'."
+            )
+        num_layers = text.num_hidden_layers
+        if not 1 <= self.num_prefix_layers < num_layers:
+            raise ValueError(
+                f"num_prefix_layers={self.num_prefix_layers} must lie in [1, {num_layers}) for a "
+                f"{num_layers}-layer decoder: at least one layer runs before the scheduler and one after."
+            )
+        if self.scheduler_type == "H":
+            heads = text.num_attention_heads
+            if self.scheduler_rank < 1 or heads % self.scheduler_rank:
+                raise ValueError(
+                    f"scheduler_rank={self.scheduler_rank} must divide num_attention_heads={heads} for scheduler_type "
+                    "'H' (each unit adds scheduler_rank heads to a layer)."
+                )
+            kv_heads = text.num_key_value_heads or heads
+            if kv_heads != heads:
+                raise ValueError(
+                    f"scheduler_type 'H' needs multi-head attention, but num_key_value_heads={kv_heads} differs from "
+                    f"num_attention_heads={heads} (grouped-query attention). Use scheduler_type 'L' for GQA models."
+                )
+        if self.scheduler_tau <= 0:
+            raise ValueError(f"scheduler_tau={self.scheduler_tau} must be positive.")
+        if self.latency_embed_dim < 2 or self.latency_embed_dim % 2:
+            raise ValueError(f"latency_embed_dim={self.latency_embed_dim} must be a positive even number.")
+        if self.default_latency is not None and not 0.0 < float(self.default_latency) <= 1.0:
+            raise ValueError(f"default_latency={self.default_latency} must lie in (0, 1].")
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output["ada_hf_version"] = ADA_HF_CODE_VERSION
+        return output
+
+
+__all__ = ["AdaLlavaConfig"]

@@ -1,0 +1,658 @@
+"""AdaLLaVA on transformers' Llava: a latency budget picks which decoder layers, heads and MLP groups run."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+from transformers import GenerationMixin
+from transformers.cache_utils import Cache, DummyLayer, DynamicCache
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.auto import AutoModel
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaModel
+from transformers.models.llava.modeling_llava import (
+    LlavaCausalLMOutputWithPast,
+    LlavaForConditionalGeneration,
+    LlavaModel,
+    LlavaModelOutputWithPast,
+    LlavaMultiModalProjector,
+    LlavaPreTrainedModel,
+)
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_ada_llava import AdaLlavaConfig
+from .execution_plan import SKIP, ExecutionPlan
+from .latency_scheduler import LatencyScheduler
+from .planned_layer import build_layer_plan, planned_decoder_layer
+from .processing_ada_llava import AdaLlavaProcessor  # noqa: F401  (copied beside saved models for auto_map)
+from .version_check import check_transformers_version
+
+check_transformers_version()
+
+
+@dataclass
+class SchedulingState:
+    """What the decoder loop needs to apply a plan: the latency tokens and budgets, and the plan once it exists."""
+
+    scheduler: LatencyScheduler
+    units: torch.Tensor
+    positions: torch.Tensor | None = None  # where each row's <latency> token sits in the current input
+    latency_embeds: torch.Tensor | None = None
+    plan: ExecutionPlan | None = None
+
+
+@dataclass
+class AdaLlavaModelOutputWithPast(LlavaModelOutputWithPast):
+    r"""
+    execution_plan (`ExecutionPlan`, *optional*):
+        The plan the decoder ran (returned whenever a budget or a plan applied).
+    """
+
+    execution_plan: ExecutionPlan | None = None
+
+
+@dataclass
+class AdaLlavaCausalLMOutputWithPast(LlavaCausalLMOutputWithPast):
+    r"""
+    execution_plan (`ExecutionPlan`, *optional*):
+        The plan the decoder ran (returned whenever a budget or a plan applied).
+    """
+
+    execution_plan: ExecutionPlan | None = None
+
+
+@dataclass
+class _PlanReport:
+    r"""
+    execution_plan (`torch.LongTensor` of shape `(rows, num_layers)`):
+        Attention heads executed per layer, -1 for a skipped layer.
+    mlp_groups_executed (`torch.LongTensor` of shape `(rows, num_layers)`):
+        MLP neuron groups executed per layer, -1 for a skipped layer.
+    executed_units (`torch.LongTensor` of shape `(rows,)`):
+        Units executed, prefix included.
+    latency_effective (`torch.Tensor` of shape `(rows,)`):
+        The budget actually run.
+    heads_computed / mlp_groups_computed (`torch.LongTensor` of shape `(num_layers,)`):
+        What the batch actually computed per layer: the union over rows (rows sharing sliced weights are masked).
+    """
+
+
+@dataclass
+class AdaLlavaGenerateDecoderOnlyOutput(GenerateDecoderOnlyOutput):
+    __doc__ = (GenerateDecoderOnlyOutput.__doc__ or "") + (_PlanReport.__doc__ or "")
+    execution_plan: torch.LongTensor | None = None
+    mlp_groups_executed: torch.LongTensor | None = None
+    executed_units: torch.LongTensor | None = None
+    latency_effective: torch.Tensor | None = None
+    heads_computed: torch.LongTensor | None = None
+    mlp_groups_computed: torch.LongTensor | None = None
+
+
+@dataclass
+class AdaLlavaGenerateBeamDecoderOnlyOutput(GenerateBeamDecoderOnlyOutput):
+    __doc__ = (GenerateBeamDecoderOnlyOutput.__doc__ or "") + (_PlanReport.__doc__ or "")
+    execution_plan: torch.LongTensor | None = None
+    mlp_groups_executed: torch.LongTensor | None = None
+    executed_units: torch.LongTensor | None = None
+    latency_effective: torch.Tensor | None = None
+    heads_computed: torch.LongTensor | None = None
+    mlp_groups_computed: torch.LongTensor | None = None
+
+
+class AdaLlamaModel(LlamaModel):
+    """`LlamaModel` whose decoder loop applies an execution plan after the first `num_prefix_layers` layers."""
+
+    # Hidden states are gathered by the loop itself, so skipped layers still contribute an entry.
+    _can_record_outputs = {"attentions": LlamaAttention}
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        scheduling: SchedulingState | None = None,
+        num_prefix_layers: int | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if scheduling is not None and scheduling.positions is not None:
+            rows = torch.arange(inputs_embeds.shape[0], device=inputs_embeds.device)
+            inputs_embeds = inputs_embeds.index_put(
+                (rows, scheduling.positions.to(inputs_embeds.device)),
+                scheduling.latency_embeds.to(inputs_embeds.dtype),
+            )
+
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        layer_kwargs = dict(
+            attention_mask=causal_mask,
+            position_embeddings=position_embeddings,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+
+        for idx, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            if scheduling is not None and idx == num_prefix_layers and scheduling.plan is None:
+                rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+                latency_hidden = hidden_states[rows, scheduling.positions.to(hidden_states.device)]
+                scheduling.plan = scheduling.scheduler(latency_hidden, scheduling.units.to(hidden_states.device))
+            lp = None
+            if scheduling is not None and idx >= num_prefix_layers:
+                lp = self._layer_plan(scheduling.plan, idx, decoder_layer, past_key_values)
+            if lp is SKIP:
+                pass  # a skipped layer is an exact identity on the residual stream and writes no cache
+            elif lp is None:
+                hidden_states = decoder_layer(hidden_states, use_cache=use_cache, **layer_kwargs)
+            else:
+                run = partial(planned_decoder_layer, decoder_layer, lp=lp, **layer_kwargs)
+                if decoder_layer.gradient_checkpointing and self.training:
+                    hidden_states = decoder_layer._gradient_checkpointing_func(
+                        partial(planned_decoder_layer, decoder_layer, lp=lp, **{**layer_kwargs, "past_key_values": None}),
+                        hidden_states,
+                        lp.head_mask,
+                        lp.neuron_mask,
+                    )
+                else:
+                    hidden_states = run(hidden_states, lp.head_mask, lp.neuron_mask)
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+
+        hidden_states = self.norm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states[-1] = hidden_states  # transformers' convention: the last entry is the normed output
+        if past_key_values is not None and scheduling is not None:
+            past_key_values.ada_execution_plan = scheduling.plan
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values,
+            hidden_states=_select_hidden_states(all_hidden_states, output_hidden_states),
+        )
+
+    def _layer_plan(self, plan: ExecutionPlan, idx: int, layer: nn.Module, cache: Cache | None):
+        """The recipe for one layer, built once per request in eval mode (sliced weights included)."""
+        if self.training:
+            return build_layer_plan(plan, idx, layer, training=True)
+        if idx not in plan.layer_plans:
+            cache_layer = None
+            if cache is not None:
+                if isinstance(cache, DynamicCache) and cache.layer_class_to_replicate is not None:
+                    while len(cache.layers) <= idx:  # a lazily grown cache: materialise the slot
+                        cache.layers.append(cache.layer_class_to_replicate())
+                cache_layer = cache.layers[idx] if idx < len(cache.layers) else None
+            plan.layer_plans[idx] = build_layer_plan(plan, idx, layer, training=False, cache_layer=cache_layer)
+        lp = plan.layer_plans[idx]
+        if lp is SKIP and isinstance(cache, DynamicCache) and not isinstance(cache.layers[idx], DummyLayer):
+            if cache.layers[idx].get_seq_length() > 0:
+                raise ValueError(
+                    f"Layer {idx} holds cached keys but the execution plan skips it: the cache was made under another "
+                    "plan. Start from a fresh cache, or pass the plan the cache was made with (`execution_plan=`)."
+                )
+            cache.layers[idx] = DummyLayer()
+        return lp
+
+
+def _select_hidden_states(all_hidden_states, selection):
+    if all_hidden_states is None:
+        return None
+    if isinstance(selection, bool):
+        return tuple(all_hidden_states)
+    indices = [selection] if isinstance(selection, int) else list(selection)
+    return tuple(all_hidden_states[i] for i in indices)
+
+
+class AdaLlavaPreTrainedModel(LlavaPreTrainedModel):
+    config: AdaLlavaConfig
+    config_class = AdaLlavaConfig
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with `auto_map` naming this code for every Auto class."""
+        self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # The original's scheduler starts from transformers' defaults: N(0, 0.02) Linear, zero bias, unit LayerNorm.
+        if isinstance(module, LatencyScheduler):
+            std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
+            for linear in (module.mlp_head, module.latency_encoder.net[1], module.latency_encoder.net[3]):
+                nn.init.normal_(linear.weight, mean=0.0, std=std)
+                nn.init.zeros_(linear.bias)
+            nn.init.ones_(module.latency_encoder.net[0].weight)
+            nn.init.zeros_(module.latency_encoder.net[0].bias)
+
+
+class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
+    """`LlavaModel` with AdaLLaVA's scheduler (`self.scheduler`) and a plan-aware Llama decoder."""
+
+    def __init__(self, config: AdaLlavaConfig):
+        AdaLlavaPreTrainedModel.__init__(self, config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.language_model = AdaLlamaModel(config.text_config)
+        self.scheduler = LatencyScheduler(config) if config.scheduler_type is not None else None
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        latency: float | torch.Tensor | None = None,
+        num_units: int | torch.Tensor | None = None,
+        execution_plan: ExecutionPlan | None = None,
+        **kwargs,
+    ) -> AdaLlavaModelOutputWithPast:
+        scheduling = self._scheduling_state(
+            input_ids, inputs_embeds, latency, num_units, execution_plan, past_key_values
+        )
+        outputs = super().forward(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            image_sizes=image_sizes,
+            mm_encoder_outputs=mm_encoder_outputs,
+            scheduling=scheduling,
+            num_prefix_layers=self.config.num_prefix_layers,
+            return_dict=True,
+            **kwargs,
+        )
+        return AdaLlavaModelOutputWithPast(
+            **outputs, execution_plan=scheduling.plan if scheduling is not None else None
+        )
+
+    def _scheduling_state(self, input_ids, inputs_embeds, latency, num_units, execution_plan, cache):
+        """Apply the one rule: the scheduler runs exactly when `input_ids` holds one `<latency>` token per row."""
+        budget_given = latency is not None or num_units is not None
+        if self.scheduler is None:
+            if budget_given or execution_plan is not None:
+                raise ValueError(
+                    "This model has no latency scheduler (config.scheduler_type is None): it always runs in full. "
+                    "Drop `latency`/`num_units`, or load an AdaLLaVA checkpoint (scheduler_type 'L' or 'H')."
+                )
+            return None
+        batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        token_id = self.config.latency_token_id
+        cached_plan = getattr(cache, "ada_execution_plan", None) if cache is not None else None
+        cache_length = cache.get_seq_length() if cache is not None else 0
+        if cache_length == 0:
+            cached_plan = None
+        if execution_plan is None:
+            execution_plan = cached_plan
+        elif cached_plan is not None and not execution_plan.same_schedule(cached_plan):
+            raise ValueError("`execution_plan` differs from the plan the cache was made with; start a fresh cache.")
+        if execution_plan is not None and execution_plan.batch_size != batch_size:
+            raise ValueError(
+                f"The execution plan has {execution_plan.batch_size} rows but the input has {batch_size}: a plan is "
+                "made for one batch."
+            )
+
+        counts = None
+        if input_ids is not None and token_id is not None:
+            counts = (input_ids == token_id).sum(dim=1)
+        if counts is None or not counts.any():
+            if execution_plan is not None:
+                if budget_given and not self.training:
+                    units = self.scheduler.resolve_units(batch_size, self.dtype, self.device, latency, num_units)
+                    if not torch.equal(units.cpu(), execution_plan.units.cpu()):
+                        raise ValueError(
+                            f"The budget (units {units.tolist()}) differs from the plan this cache was made with "
+                            f"(units {execution_plan.units.tolist()}): the plan is fixed at prefill. Start a fresh "
+                            "cache to change the budget."
+                        )
+                return SchedulingState(self.scheduler, execution_plan.units, plan=execution_plan)
+            if budget_given:
+                if input_ids is None:
+                    raise ValueError(
+                        "A budget needs the `<latency>` token in `input_ids`, but only `inputs_embeds` were given. Pass "
+                        "`input_ids` (generate appends the token for you) or an `execution_plan`."
+                    )
+                raise ValueError(
+                    f"A budget was given but no row of input_ids holds the <latency> token (id {token_id}); rows "
+                    f"{list(range(batch_size))} lack it. forward never inserts it: append it to each row (generate "
+                    "does this for you)."
+                )
+            return None
+
+        bad = (counts != 1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"Rows {bad} of input_ids hold {[int(counts[i]) for i in bad]} <latency> tokens (id {token_id}); the "
+                "scheduler needs exactly one per row."
+            )
+        positions = (input_ids == token_id).int().argmax(dim=1)
+        if execution_plan is not None:
+            units = execution_plan.units
+        elif cache_length > 0:
+            raise ValueError(
+                "input_ids hold a <latency> token but the cache already holds tokens: a plan is fixed at prefill. "
+                "Start from a fresh cache."
+            )
+        elif budget_given:
+            units = self.scheduler.resolve_units(batch_size, self.dtype, self.device, latency, num_units)
+        elif self.training:
+            units = self.scheduler.sample_units(batch_size, self.device)
+        else:
+            raise ValueError(
+                f"Rows {list(range(batch_size))} hold a <latency> token but no budget was given: pass `latency=` "
+                "(0, 1] or `num_units=` (eval mode samples no budget)."
+            )
+        return SchedulingState(
+            self.scheduler,
+            units,
+            positions=positions,
+            latency_embeds=self.scheduler.encode(units, self.dtype),
+            plan=execution_plan,
+        )
+
+
+# Set while `generate` runs, so the plan made at prefill can be reported in its output.
+_GENERATION_PLANS: contextvars.ContextVar[list | None] = contextvars.ContextVar("ada_generation_plans", default=None)
+
+
+class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditionalGeneration, GenerationMixin):
+    """
+    LLaVA-1.5 that runs the share of its decoder compute a budget buys:
+    `model.generate(**inputs, latency=0.6)` or one budget per row, `latency=torch.tensor([1.0, 0.75, 0.5])`.
+    Without a budget (and `config.default_latency` None) it computes exactly what `LlavaForConditionalGeneration` does.
+    """
+
+    def __init__(self, config: AdaLlavaConfig):
+        AdaLlavaPreTrainedModel.__init__(self, config)
+        self.model = AdaLlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    @property
+    def scheduler(self) -> LatencyScheduler | None:
+        return self.model.scheduler
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        latency: float | torch.Tensor | None = None,
+        num_units: int | torch.Tensor | None = None,
+        execution_plan: ExecutionPlan | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AdaLlavaCausalLMOutputWithPast | tuple:
+        r"""
+        latency (`float` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
+            Share of the compute to run, in (0, 1], one value or one per row. Needs one `<latency>` token per row in
+            `input_ids` (`generate` appends it).
+        num_units (`int` or `torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Instead of `latency`: the number of suffix units (layers for L, `r`-head slices for H) to run.
+        execution_plan (`ExecutionPlan`, *optional*):
+            A plan from an earlier output, to continue under it (decoding reuses the prefill plan).
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            image_sizes=image_sizes,
+            mm_encoder_outputs=mm_encoder_outputs,
+            latency=latency,
+            num_units=num_units,
+            execution_plan=execution_plan,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        output = AdaLlavaCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            execution_plan=outputs.execution_plan,
+        )
+        return output.to_tuple() if return_dict is False else output
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Generation
+    def prepare_inputs_for_generation(self, input_ids, is_first_iteration=False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        if model_inputs.get("execution_plan") is not None:
+            # Decoding reuses the plan made at prefill; the budget already shaped it.
+            model_inputs.pop("latency", None)
+            model_inputs.pop("num_units", None)
+        return model_inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+        plan = getattr(outputs, "execution_plan", None)
+        if plan is not None:
+            model_kwargs["execution_plan"] = plan
+            record = _GENERATION_PLANS.get()
+            if record is not None and not record:
+                record.append(plan)
+        return model_kwargs
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        r"""
+        [`~GenerationMixin.generate`] with a compute budget.
+
+        Args:
+            latency (`float` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
+                Share of the compute to run, in (0, 1]; defaults to `config.default_latency`. The `<latency>` token is
+                appended to every row (and dropped from the returned sequences) unless every row already holds it.
+            num_units (`int` or `torch.LongTensor`, *optional*):
+                Instead of `latency`, the number of suffix units to run per row.
+
+        With `return_dict_in_generate=True` the output also carries the plan: `execution_plan` (heads run per layer,
+        -1 skipped), `mlp_groups_executed`, `executed_units`, `latency_effective`, `heads_computed` and
+        `mlp_groups_computed`.
+        """
+        latency, num_units = kwargs.pop("latency", None), kwargs.pop("num_units", None)
+        input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
+        if self.scheduler is not None and latency is None and num_units is None:
+            latency = self.config.default_latency
+        budget_given = latency is not None or num_units is not None
+        if self.scheduler is None and budget_given:
+            raise ValueError(
+                "This model has no latency scheduler (config.scheduler_type is None); drop `latency`/`num_units`."
+            )
+        appended = False
+        if budget_given:
+            if input_ids is None:
+                raise ValueError(
+                    "generate with a budget needs `input_ids`: the budget enters the model as a <latency> token, which "
+                    "an `inputs_embeds`-only call cannot carry."
+                )
+            self.scheduler.resolve_units(input_ids.shape[0], self.dtype, self.device, latency, num_units)
+            input_ids, kwargs, appended = self._append_latency_token(input_ids, kwargs)
+            kwargs["latency"], kwargs["num_units"] = latency, num_units
+        plans: list = []
+        token = _GENERATION_PLANS.set(plans)
+        try:
+            output = super().generate(input_ids, generation_config=generation_config, **kwargs)
+        finally:
+            _GENERATION_PLANS.reset(token)
+        plan = plans[0] if plans else None
+        if plan is not None:
+            plan.release()  # sliced weights live only as long as the request
+        batch_size = input_ids.shape[0] if input_ids is not None else None
+        if isinstance(output, torch.Tensor):
+            return _drop_column(output, input_ids.shape[1] - 1) if appended else output
+        if appended:
+            output.sequences = _drop_column(output.sequences, input_ids.shape[1] - 1)
+        if plan is None:
+            return output
+        return _with_plan_report(output, plan, batch_size)
+
+    def _append_latency_token(self, input_ids: torch.Tensor, kwargs: dict):
+        token_id = self.config.latency_token_id
+        if token_id is None:
+            raise ValueError(
+                "config.latency_token_id is not set: add a <latency> token to the tokenizer and set its id in the "
+                "config before generating with a budget."
+            )
+        counts = (input_ids == token_id).sum(dim=1)
+        if (counts == 1).all():
+            return input_ids, kwargs, False
+        if counts.any():
+            rows = (counts != 1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"Rows {rows} of input_ids hold {[int(counts[r]) for r in rows]} <latency> tokens while others hold "
+                "one: pass every row with exactly one <latency> token, or none (generate then appends it)."
+            )
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.ndim == 2 and (mask[:, -1] == 0).any():
+            rows = (mask[:, -1] == 0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"Rows {rows} are right-padded: the <latency> token must follow each prompt. Pad on the left "
+                "(tokenizer.padding_side = 'left') for batched generation."
+            )
+        if kwargs.get("position_ids") is not None:
+            raise ValueError("Pass no `position_ids` when generate appends the <latency> token: it derives them.")
+        column = torch.full_like(input_ids[:, :1], token_id)
+        input_ids = torch.cat([input_ids, column], dim=1)
+        if mask is not None:
+            kwargs = {**kwargs, "attention_mask": torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)}
+        for key in ("mm_token_type_ids", "token_type_ids"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = torch.cat([kwargs[key], torch.zeros_like(kwargs[key][:, :1])], dim=1)
+        return input_ids, kwargs, True
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Introspection
+    def budget_table(self) -> list[dict]:
+        """
+        Every budget the model can tell apart: for each suffix unit count `u`, the lowest `latency` that buys it
+        (quantised in the model dtype) and what it executes.
+        """
+        if self.scheduler is None:
+            raise ValueError("This model has no latency scheduler (config.scheduler_type is None).")
+        sched = self.scheduler
+        grid = torch.arange(1, 4 * sched.num_total_units + 1, dtype=torch.float64) / (4 * sched.num_total_units)
+        units = sched.quantize(grid.to(self.dtype))
+        rows = []
+        for u in range(sched.max_units + 1):
+            hits = (units == u).nonzero().flatten()
+            executed = sched.num_prefix_units + u
+            row = {
+                "units": u,
+                "min_latency": float(grid[hits[0]]) if len(hits) else None,
+                "executed_units": executed,
+                "latency_effective": executed / sched.num_total_units,
+            }
+            if sched.scheduler_type == "L":
+                row["layers_run"] = executed
+            else:
+                row["head_slots_run"] = executed * sched.rank
+            rows.append(row)
+        return rows
+
+
+def _drop_column(sequences: torch.Tensor, column: int) -> torch.Tensor:
+    return torch.cat([sequences[:, :column], sequences[:, column + 1 :]], dim=1)
+
+
+def _with_plan_report(output, plan: ExecutionPlan, batch_size: int):
+    rows = output.sequences.shape[0]
+    # Rows were expanded (beams, num_return_sequences) before prefill; every copy of a sample shares its plan.
+    plan_rows = torch.arange(batch_size) * (plan.batch_size // batch_size)
+    plan_rows = plan_rows.repeat_interleave(rows // batch_size)
+    report = dict(
+        execution_plan=plan.heads_executed()[plan_rows],
+        mlp_groups_executed=plan.mlp_groups_executed()[plan_rows],
+        executed_units=plan.executed_units()[plan_rows],
+        latency_effective=plan.latency_effective()[plan_rows],
+        heads_computed=plan.heads_computed(),
+        mlp_groups_computed=plan.mlp_groups_computed(),
+    )
+    cls = (
+        AdaLlavaGenerateBeamDecoderOnlyOutput
+        if isinstance(output, GenerateBeamDecoderOnlyOutput)
+        else AdaLlavaGenerateDecoderOnlyOutput
+    )
+    return cls(**output, **report)
+
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_ada_llava.AdaLlavaConfig",
+    "AutoModel": "modeling_ada_llava.AdaLlavaForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_ada_llava.AdaLlavaForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_ada_llava.AdaLlavaForConditionalGeneration",
+    "AutoProcessor": "processing_ada_llava.AdaLlavaProcessor",
+}
+# `save_pretrained` copies this file and its relative imports next to the weights, and writes AUTO_MAP.
+AdaLlavaConfig.register_for_auto_class()
+AdaLlavaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
+__all__ = [
+    "AdaLlavaConfig",
+    "AdaLlavaForConditionalGeneration",
+    "AdaLlavaModel",
+    "AdaLlavaPreTrainedModel",
+    "ExecutionPlan",
+]
