@@ -406,6 +406,18 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         self.model = AdaLlavaModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        self._suppress_placeholder_tokens()
+
+    def _suppress_placeholder_tokens(self) -> None:
+        """`<image>`, `<latency>` and padding are inputs only: never generate them (a sampled `<latency>` would look
+        like a request for a new plan)."""
+        if self.generation_config is None:
+            return
+        vocab = self.config.text_config.vocab_size
+        ids = {self.config.image_token_id, self.config.latency_token_id, self.config.text_config.pad_token_id}
+        ids = {i for i in ids if i is not None and 0 <= i < vocab}
+        suppressed = set(self.generation_config.suppress_tokens or []) | ids
+        self.generation_config.suppress_tokens = sorted(suppressed) or None
 
     @property
     def scheduler(self) -> LatencyScheduler | None:
