@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import LlavaProcessor
 
 
@@ -136,6 +137,16 @@ class AdaLlavaProcessor(LlavaProcessor):
             num_additional_image_tokens=num_additional_image_tokens,
             **kwargs,
         )
+
+    def __call__(self, images=None, text=None, latency=None, **kwargs):
+        """`LlavaProcessor.__call__`; with `latency=` (a budget, or one per sample) the result also carries
+        `latency`, so `model.generate(**inputs)` and `pipeline("image-text-to-text", ..., latency=0.6)` use it."""
+        inputs = super().__call__(images=images, text=text, **kwargs)
+        if latency is not None:
+            rows = len(inputs["input_ids"])
+            budget = torch.as_tensor(latency, dtype=torch.float32)
+            inputs["latency"] = budget.expand(rows).clone() if budget.ndim == 0 else budget
+        return inputs
 
     @property
     def latency_token_id(self) -> int:
