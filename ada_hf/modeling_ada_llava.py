@@ -49,7 +49,7 @@ class SchedulingState:
 
 
 @dataclass
-class AdaLlavaModelOutputWithPast(LlavaModelOutputWithPast):
+class _CarriesPlan:
     r"""
     execution_plan (`ExecutionPlan`, *optional*):
         The plan the decoder ran (returned whenever a budget or a plan applied).
@@ -59,13 +59,13 @@ class AdaLlavaModelOutputWithPast(LlavaModelOutputWithPast):
 
 
 @dataclass
-class AdaLlavaCausalLMOutputWithPast(LlavaCausalLMOutputWithPast):
-    r"""
-    execution_plan (`ExecutionPlan`, *optional*):
-        The plan the decoder ran (returned whenever a budget or a plan applied).
-    """
+class AdaLlavaModelOutputWithPast(_CarriesPlan, LlavaModelOutputWithPast):
+    __doc__ = (LlavaModelOutputWithPast.__doc__ or "") + (_CarriesPlan.__doc__ or "")
 
-    execution_plan: ExecutionPlan | None = None
+
+@dataclass
+class AdaLlavaCausalLMOutputWithPast(_CarriesPlan, LlavaCausalLMOutputWithPast):
+    __doc__ = (LlavaCausalLMOutputWithPast.__doc__ or "") + (_CarriesPlan.__doc__ or "")
 
 
 @dataclass
@@ -83,27 +83,22 @@ class _PlanReport:
         What the batch actually computed per layer: the union over rows (rows sharing sliced weights are masked).
     """
 
+    execution_plan: torch.LongTensor | None = None
+    mlp_groups_executed: torch.LongTensor | None = None
+    executed_units: torch.LongTensor | None = None
+    latency_effective: torch.Tensor | None = None
+    heads_computed: torch.LongTensor | None = None
+    mlp_groups_computed: torch.LongTensor | None = None
+
 
 @dataclass
-class AdaLlavaGenerateDecoderOnlyOutput(GenerateDecoderOnlyOutput):
+class AdaLlavaGenerateDecoderOnlyOutput(_PlanReport, GenerateDecoderOnlyOutput):
     __doc__ = (GenerateDecoderOnlyOutput.__doc__ or "") + (_PlanReport.__doc__ or "")
-    execution_plan: torch.LongTensor | None = None
-    mlp_groups_executed: torch.LongTensor | None = None
-    executed_units: torch.LongTensor | None = None
-    latency_effective: torch.Tensor | None = None
-    heads_computed: torch.LongTensor | None = None
-    mlp_groups_computed: torch.LongTensor | None = None
 
 
 @dataclass
-class AdaLlavaGenerateBeamDecoderOnlyOutput(GenerateBeamDecoderOnlyOutput):
+class AdaLlavaGenerateBeamDecoderOnlyOutput(_PlanReport, GenerateBeamDecoderOnlyOutput):
     __doc__ = (GenerateBeamDecoderOnlyOutput.__doc__ or "") + (_PlanReport.__doc__ or "")
-    execution_plan: torch.LongTensor | None = None
-    mlp_groups_executed: torch.LongTensor | None = None
-    executed_units: torch.LongTensor | None = None
-    latency_effective: torch.Tensor | None = None
-    heads_computed: torch.LongTensor | None = None
-    mlp_groups_computed: torch.LongTensor | None = None
 
 
 class AdaLlamaModel(LlamaModel):
