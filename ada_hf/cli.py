@@ -1,0 +1,240 @@
+"""The `ada-hf` console script (also `python -m ada_hf`).
+
+Each subcommand is one entry of [`COMMANDS`]: a help line, a function that adds its arguments to its subparser, and a
+function that runs it. To add a subcommand, write those two functions and add an entry; `main` does the rest.
+
+    ada-hf demo [--variant L|H|both] [--budgets none,1.0,0.75] [--max-new-tokens N] [--save DIR]
+    ada-hf budget-table PATH | --demo L|H
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from . import __version__
+
+
+class Command(NamedTuple):
+    """One subcommand: `add_arguments(parser)` declares its options; `run(args, parser)` returns the exit code.
+
+    `run` receives its own subparser so that it can report bad input with `parser.error(...)` (usage, exit code 2).
+    """
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Argument types (raise argparse.ArgumentTypeError: argparse turns it into a usage error)
+def budget_list(text: str) -> list[float | None]:
+    """`"none,1.0,0.75"` -> `[None, 1.0, 0.75]`: comma-separated budgets in (0, 1]; `none` means no budget."""
+    budgets: list[float | None] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise argparse.ArgumentTypeError(f"empty budget in {text!r}: give comma-separated numbers in (0, 1]")
+        if item.lower() == "none":
+            budgets.append(None)
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not a number: budgets are shares of the compute in (0, 1], or 'none'"
+            ) from None
+        if math.isnan(value) or not 0.0 < value <= 1.0:
+            raise argparse.ArgumentTypeError(
+                f"budget {item} is outside (0, 1]: a budget is the share of compute to run (1.0 runs the whole model)"
+            )
+        budgets.append(value)
+    return budgets
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ada-hf demo
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .demo import DEMO_MAX_NEW_TOKENS
+
+    parser.add_argument(
+        "--variant",
+        choices=("L", "H", "both"),
+        default="both",
+        help="scheduler variant: L drops whole layers, H drops groups of heads and MLP neurons (default: both)",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=budget_list,
+        default=None,
+        metavar="B1,B2,...",
+        help="comma-separated budgets in (0, 1]; 'none' generates without a budget "
+        "(default: none,1.0,0.85,0.75,0.6,0.5)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=DEMO_MAX_NEW_TOKENS,
+        metavar="N",
+        help=f"tokens to generate per answer (default: {DEMO_MAX_NEW_TOKENS})",
+    )
+    parser.add_argument(
+        "--save",
+        metavar="DIR",
+        default=None,
+        help="also save the demo model(s) and processor with save_pretrained (remote code); with both variants they "
+        "go to DIR/L and DIR/H",
+    )
+
+
+def _demo_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .demo import DEMO_BUDGETS, DEMO_VARIANTS, run_demo
+
+    variants = DEMO_VARIANTS if args.variant == "both" else (args.variant,)
+    budgets = DEMO_BUDGETS if args.budgets is None else tuple(args.budgets)
+    run_demo(variants=variants, budgets=budgets, max_new_tokens=args.max_new_tokens, save_dir=args.save)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ada-hf budget-table
+def _budget_table_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help="a saved AdaLLaVA model (a directory written by save_pretrained, or a Hub id already in the local cache); "
+        "loaded with trust_remote_code=True",
+    )
+    parser.add_argument("--demo", choices=("L", "H"), help="print the table of the demo model of this variant instead")
+
+
+def format_budget_table(model) -> str:
+    """`model.budget_table()` as a plain-text table, under a line naming the scheduler and its unit counts."""
+    from .demo import format_table
+
+    sched = model.scheduler
+    rows = model.budget_table()
+    last = "layers_run" if sched.scheduler_type == "L" else "head_slots_run"
+    unit = "decoder layer" if sched.scheduler_type == "L" else f"slice of {sched.rank} heads + {sched.rank} MLP groups"
+    header = (
+        f"scheduler {sched.scheduler_type} (one unit = one {unit}): U_tot = {sched.num_total_units}, "
+        f"U_pre = {sched.num_prefix_units} (always run), U_max = {sched.max_units}; budgets quantised in "
+        f"{str(model.dtype).removeprefix('torch.')}"
+    )
+    table = format_table(
+        ["units u", "min latency", "executed units", "latency_effective", last.replace("_", " ")],
+        [
+            [
+                r["units"],
+                "unreachable" if r["min_latency"] is None else f"{r['min_latency']:.4f}",
+                r["executed_units"],
+                f"{r['latency_effective']:.4f}",
+                r[last],
+            ]
+            for r in rows
+        ],
+        right=[True] * 5,
+    )
+    footer = (
+        "A budget b buys u = max(0, floor(U_tot * b) - U_pre) suffix units; 'min latency' is the lowest budget (on a "
+        f"grid of step 1/{4 * sched.num_total_units}) that buys u."
+    )
+    return "\n".join([header, "", table, "", footer])
+
+
+def _budget_table_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if (args.path is None) == (args.demo is None):
+        parser.error("give exactly one of PATH or --demo L|H")
+    if args.demo is not None:
+        from .demo import build_demo
+
+        model, _ = build_demo(args.demo)
+        source = f"demo model, variant {args.demo}"
+    else:
+        from transformers import AutoModelForImageTextToText
+
+        path = args.path
+        if os.path.isfile(path):
+            parser.error(f"{path!r} is a file: give the directory that save_pretrained wrote")
+        looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
+        if looks_local and not os.path.isdir(os.path.expanduser(path)):
+            parser.error(f"no such directory: {path!r}")
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(os.path.expanduser(path), trust_remote_code=True)
+        except (OSError, ValueError, KeyError, ImportError) as err:
+            print(f"ada-hf budget-table: error: could not load {args.path!r}: {err}", file=sys.stderr)
+            return 1
+        source = args.path
+    if getattr(model, "scheduler", None) is None:
+        print(
+            f"ada-hf budget-table: error: {source} has no latency scheduler (scheduler_type is None or it is not an "
+            "AdaLLaVA model): every request runs the whole model.",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"Budget table of {source}")
+    print(format_budget_table(model))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "run the offline demo: generate under several budgets with a small random-weight AdaLLaVA model",
+        _demo_arguments,
+        _demo_run,
+    ),
+    "budget-table": Command(
+        "print every budget a model can tell apart and what it executes (model.budget_table())",
+        _budget_table_arguments,
+        _budget_table_run,
+    ),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one subparser per entry of [`COMMANDS`]."""
+    parser = argparse.ArgumentParser(
+        prog="ada-hf",
+        description="ada-hf: multimodal LLMs that adapt their compute to a per-request latency budget.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    children = {}
+    for name, command in COMMANDS.items():
+        child = subparsers.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(child)
+        children[name] = child
+    return parser, children
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `ada-hf`; returns the exit code (argparse exits with 2 on bad usage)."""
+    parser, children = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args, children[args.command])
+    except BrokenPipeError:  # `ada-hf ... | head`: stop quietly, as other command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
