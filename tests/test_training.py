@@ -57,14 +57,19 @@ def test_train_mask_of_a_hard_plan_matches_eval_skipping():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    grads = []
+    grads, calls = [], []
     for checkpointing in (False, True):
         model = make_model("H", scheduler_rank=2).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+        count = []
+        for layer in model.model.language_model.layers:
+            layer.mlp.down_proj.register_forward_hook(lambda *_: count.append(1))
         ids, labels, pixels = batch()
         torch.manual_seed(0)
         model(input_ids=ids, pixel_values=pixels, labels=labels, num_units=torch.tensor([2, 5])).loss.backward()
         grads.append(model.scheduler.mlp_head.weight.grad.clone())
+        calls.append(len(count))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    assert calls == [6, 12]  # the backward pass recomputed every layer, planned ones included
     assert grads[0].abs().sum() > 0
