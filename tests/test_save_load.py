@@ -116,3 +116,12 @@ def test_missing_scheduler_weights_are_initialised_not_garbage(tmp_path):
     ln = model.scheduler.latency_encoder.net[0]
     assert torch.equal(ln.weight, torch.ones_like(ln.weight)) and torch.equal(ln.bias, torch.zeros_like(ln.bias))
     torch.testing.assert_close(model.lm_head.weight, plain.lm_head.weight)
+
+
+def test_processor_and_model_load_without_remote_code_once_ada_hf_is_imported(saved):
+    from transformers import AutoProcessor
+
+    _, path = saved
+    build_tiny_processor(image_size=28).save_pretrained(path)
+    assert type(AutoProcessor.from_pretrained(path)).__name__ == "AdaLlavaProcessor"
+    assert type(AutoModelForImageTextToText.from_pretrained(path)) is AdaLlavaForConditionalGeneration
