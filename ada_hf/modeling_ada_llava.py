@@ -171,17 +171,16 @@ class AdaLlamaModel(LlamaModel):
                 pass  # a skipped layer is an exact identity on the residual stream and writes no cache
             elif lp is None:
                 hidden_states = decoder_layer(hidden_states, use_cache=use_cache, **layer_kwargs)
+            elif decoder_layer.gradient_checkpointing and self.training:
+                # The masks are arguments, not closure variables, so re-entrant checkpointing keeps their gradients.
+                run = partial(planned_decoder_layer, decoder_layer, lp=lp, **{**layer_kwargs, "past_key_values": None})
+                hidden_states = decoder_layer._gradient_checkpointing_func(
+                    run, hidden_states, lp.head_mask, lp.neuron_mask
+                )
             else:
-                run = partial(planned_decoder_layer, decoder_layer, lp=lp, **layer_kwargs)
-                if decoder_layer.gradient_checkpointing and self.training:
-                    hidden_states = decoder_layer._gradient_checkpointing_func(
-                        partial(planned_decoder_layer, decoder_layer, lp=lp, **{**layer_kwargs, "past_key_values": None}),
-                        hidden_states,
-                        lp.head_mask,
-                        lp.neuron_mask,
-                    )
-                else:
-                    hidden_states = run(hidden_states, lp.head_mask, lp.neuron_mask)
+                hidden_states = planned_decoder_layer(
+                    decoder_layer, hidden_states, lp.head_mask, lp.neuron_mask, lp=lp, **layer_kwargs
+                )
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
 
