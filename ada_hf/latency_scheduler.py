@@ -131,6 +131,32 @@ class LatencyScheduler(nn.Module):
             )
         return self.quantize(latency_t.to(device=device, dtype=dtype))
 
+    def budget_table(self, dtype: torch.dtype = torch.float32) -> list[dict]:
+        """
+        For each suffix unit count `u`: the lowest `latency` that buys it when quantised in `dtype` (None if no budget
+        does), the units executed (prefix included), the effective budget, and the layers (L) or head slots (H) run.
+        Needs no weights, so it also works on a scheduler built on the meta device.
+        """
+        steps = 4 * self.num_total_units
+        grid = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+        units = self.quantize(grid.to(dtype))
+        rows = []
+        for u in range(self.max_units + 1):
+            hits = (units == u).nonzero().flatten()
+            executed = self.num_prefix_units + u
+            row = {
+                "units": u,
+                "min_latency": float(grid[hits[0]]) if len(hits) else None,
+                "executed_units": executed,
+                "latency_effective": executed / self.num_total_units,
+            }
+            if self.scheduler_type == "L":
+                row["layers_run"] = executed
+            else:
+                row["head_slots_run"] = executed * self.rank
+            rows.append(row)
+        return rows
+
     def sample_units(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """Training budgets: `u` uniform over {0, ..., U_max} per row (drawn as integers, so every count is trained)."""
         return torch.randint(0, self.max_units + 1, (batch_size,), device=device)

@@ -592,31 +592,10 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
     # ----------------------------------------------------------------------------------------------------------------
     # Introspection
     def budget_table(self) -> list[dict]:
-        """
-        Every budget the model can tell apart: for each suffix unit count `u`, the lowest `latency` that buys it
-        (quantised in the model dtype) and what it executes.
-        """
+        """Every budget the model can tell apart, quantised in the model dtype (see `LatencyScheduler.budget_table`)."""
         if self.scheduler is None:
             raise ValueError("This model has no latency scheduler (config.scheduler_type is None).")
-        sched = self.scheduler
-        grid = torch.arange(1, 4 * sched.num_total_units + 1, dtype=torch.float64) / (4 * sched.num_total_units)
-        units = sched.quantize(grid.to(self.dtype))
-        rows = []
-        for u in range(sched.max_units + 1):
-            hits = (units == u).nonzero().flatten()
-            executed = sched.num_prefix_units + u
-            row = {
-                "units": u,
-                "min_latency": float(grid[hits[0]]) if len(hits) else None,
-                "executed_units": executed,
-                "latency_effective": executed / sched.num_total_units,
-            }
-            if sched.scheduler_type == "L":
-                row["layers_run"] = executed
-            else:
-                row["head_slots_run"] = executed * sched.rank
-            rows.append(row)
-        return rows
+        return self.scheduler.budget_table(self.dtype)
 
 
 def _drop_column(sequences: torch.Tensor, column: int) -> torch.Tensor:
