@@ -193,11 +193,78 @@ def _budget_table_run(args: argparse.Namespace, parser: argparse.ArgumentParser)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# ada-hf convert
+def add_convert_arguments(parser: argparse.ArgumentParser, source_kind: str | None = None) -> None:
+    """The options of `ada-hf convert` (also used by the thin scripts in convert/, which may preset --from)."""
+    from .conversion import SOURCE_KINDS
+
+    parser.add_argument("source", help="checkpoint folder or Hub repo id to convert")
+    parser.add_argument("output", help="folder to write the Hub-ready repo into")
+    parser.add_argument("--vision-tower", help="CLIP tower folder or repo id (original LLaVA/AdaLLaVA formats)")
+    parser.add_argument(
+        "--from", dest="source_kind", choices=SOURCE_KINDS, default=source_kind,
+        help="source format (default: detected from config.json)",
+    )  # fmt: skip
+    parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default: the source's dtype")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: 5GB)")
+    parser.add_argument(
+        "--scheduler-type", choices=("keep", "none", "L", "H"), default="keep",
+        help="keep the source's scheduler (default), none for a plain LLaVA, or L/H for a new one to train",
+    )  # fmt: skip
+    parser.add_argument("--num-prefix-layers", type=positive_int, help="prefix layers of a new scheduler")
+    parser.add_argument("--scheduler-rank", type=positive_int, help="heads per unit of a new H scheduler")
+    parser.add_argument("--repo-id", help="Hub repo id the model card should name")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--drop-unknown", action="store_true", help="drop (and list) tensors the model cannot use")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the converted folder with huggingface_hub")
+
+
+def run_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .conversion import KEEP, convert, push_to_hub
+
+    scheduler_type = {"keep": KEEP, "none": None}.get(args.scheduler_type, args.scheduler_type)
+    try:
+        report = convert(
+            args.source,
+            args.output,
+            vision_tower=args.vision_tower,
+            source_kind=args.source_kind,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            scheduler_type=scheduler_type,
+            num_prefix_layers=args.num_prefix_layers,
+            scheduler_rank=args.scheduler_rank,
+            overwrite=args.overwrite,
+            drop_unknown=args.drop_unknown,
+            repo_id=args.repo_id or args.push_to_hub,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
+        print(f"ada-hf convert: error: {error}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    if args.push_to_hub:
+        print(f"Uploaded: {push_to_hub(report.output, args.push_to_hub)}")
+    return 0
+
+
+def convert_script_main(source_kind: str, description: str) -> int:
+    """The body of the thin scripts in convert/: `ada-hf convert` with `--from` preset."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_convert_arguments(parser, source_kind=source_kind)
+    return run_convert(parser.parse_args(), parser)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, Command] = {
     "demo": Command(
         "run the offline demo: generate under several budgets with a small random-weight AdaLLaVA model",
         _demo_arguments,
         _demo_run,
+    ),
+    "convert": Command(
+        "convert an original LLaVA-1.5, original AdaLLaVA or llava-hf checkpoint into a Hub-ready AdaLlava repo",
+        add_convert_arguments,
+        run_convert,
     ),
     "budget-table": Command(
         "print every budget a model can tell apart and what it executes (model.budget_table())",
