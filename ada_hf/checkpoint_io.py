@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -81,6 +80,33 @@ def iter_file_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     del state
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file tensor by tensor, straight from each tensor's memory: unlike
+    `safetensors.torch.save_file`, no serialised copy of the whole shard is built first."""
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, tensor in tensors.items():
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors.")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}  # fmt: skip
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as handle:
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for tensor in tensors.values():
+            handle.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
 def parse_size(text: str | int) -> int:
     """`"5GB"`, `"500MB"`, `"2GiB"` or a number of bytes -> bytes."""
     if isinstance(text, int):
@@ -119,7 +145,7 @@ class ShardWriter:
         if not self.pending:
             return
         path = self.folder / f"shard-{len(self.shards):05d}.tmp"
-        save_file(self.pending, str(path), metadata={"format": "pt"})
+        write_safetensors(path, self.pending, metadata={"format": "pt"})
         self.shards.append((path, list(self.pending)))
         self.total_bytes += self.pending_bytes
         self.largest_shard_bytes = max(self.largest_shard_bytes, self.pending_bytes)

@@ -256,3 +256,19 @@ def test_cli_convert(tmp_path, tower, capsys):
     assert "text_model.encoder.*" in out
     assert cli_main(["convert", str(tmp_path / "ada"), str(tmp_path / "out"), "--vision-tower", str(tower[0])]) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_streaming_safetensors_writer_round_trips(tmp_path):
+    from ada_hf.checkpoint_io import write_safetensors
+
+    tensors = {
+        "bf16": torch.randn(3, 5).bfloat16(),
+        "int": torch.arange(7),
+        "bool": torch.tensor([True, False, True]),
+        "transposed": torch.randn(4, 2).t(),
+        "empty": torch.zeros(0, 3),
+    }
+    write_safetensors(tmp_path / "x.safetensors", tensors, {"format": "pt"})
+    loaded = load_file(tmp_path / "x.safetensors")
+    assert loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
