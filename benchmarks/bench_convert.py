@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -88,15 +87,17 @@ def write_big_original_llava(folder: Path, layers: int, shards: int, vocab: int)
     write_clip_tower(folder.parent / "clip", dims, fmt="bin")
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would inherit this process's peak.
+PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from ada_hf.conversion import convert
 start = time.perf_counter()
 report = convert(sys.argv[1], sys.argv[2], vision_tower=sys.argv[3], max_shard_size=sys.argv[4], progress=True)
-print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss": PEAK,
                   "largest_source": report.largest_source_shard_bytes, "largest_output": report.largest_output_shard_bytes,
                   "shards": report.shards}))
-"""
+""".replace("PEAK", PEAK_RSS)
 
 
 def main() -> None:
@@ -112,8 +113,7 @@ def main() -> None:
     try:
         write_big_original_llava(work / "llava", args.layers, args.shards, args.vocab)
         source_bytes = sum(p.stat().st_size for p in (work / "llava").glob("*.bin"))
-        baseline = subprocess.run([sys.executable, "-c", "import resource, ada_hf.conversion; print("
-                                   "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
+        baseline = subprocess.run([sys.executable, "-c", f"import ada_hf.conversion; print({PEAK_RSS})"],
                                   capture_output=True, text=True, check=True)
         result = subprocess.run([sys.executable, "-c", CHILD, str(work / "llava"), str(work / "out"),
                                  str(work / "clip"), args.out_shard], capture_output=True, text=True)

@@ -272,3 +272,27 @@ def test_streaming_safetensors_writer_round_trips(tmp_path):
     loaded = load_file(tmp_path / "x.safetensors")
     assert loaded.keys() == tensors.keys()
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_converted_repo_has_a_model_card(tmp_path, tower):
+    from huggingface_hub import ModelCard
+
+    write_original_adallava(tmp_path / "ada", DIMS, scheduler_type="L")
+    convert(tmp_path / "ada", tmp_path / "out", vision_tower=tower[0], repo_id="someone/tiny-ada", progress=False)
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.pipeline_tag == "image-text-to-text" and card.data.library_name == "transformers"
+    assert "someone/tiny-ada" in card.text and "trust_remote_code=True" in card.text
+
+
+def test_thin_scripts_and_module_entry_point():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for script in sorted((root / "convert").glob("convert_*.py")):
+        result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "--vision-tower" in result.stdout, script.name
+    result = subprocess.run([sys.executable, "-m", "ada_hf", "convert", "--help"], capture_output=True, text=True,
+                            timeout=120, cwd=root)
+    assert result.returncode == 0 and "--push-to-hub" in result.stdout
