@@ -525,9 +525,13 @@ def _write_repo_files(staging: Path, skeleton, plan: _Plan, repo_id: str | None,
     )
     generation.save_pretrained(staging)
     plan.processor.save_pretrained(staging)
-    from .model_card import render_model_card
+    from .model_card import lookup_variant, render_model_card
 
-    render_model_card(config, repo_id=repo_id, source=source).save(staging / "README.md")
+    variant = lookup_variant(config, repo_id, source)
+    if plan.scheduler_from_source and not any("original class default" in note for note in plan.notes):
+        variant = variant.confirmed(f"config.json of {source}")  # P and r were read, not assumed
+    dtype = config.dtype if isinstance(config.dtype, torch.dtype) else torch.float16
+    render_model_card(config, repo_id=repo_id, source=source, variant=variant, dtype=dtype).save(staging / "README.md")
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:

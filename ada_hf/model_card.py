@@ -414,7 +414,7 @@ FRESH_SCHEDULER_NOTE = (
 )
 
 
-def _lookup_variant(config, repo_id: str | None, source: str | None) -> VariantInfo:
+def lookup_variant(config, repo_id: str | None, source: str | None) -> VariantInfo:
     """The published variant named by `source` or `repo_id` if `config` matches it, else one read from `config`."""
     names = {str(x).rstrip("/").rsplit("/", 1)[-1] for x in (repo_id, source) if x}
     for variant in PUBLISHED_VARIANTS.values():
@@ -458,7 +458,7 @@ def render_model_card(
         `huggingface_hub.ModelCard`; `card.save(path)` writes it.
     """
     if variant is None:
-        variant = _lookup_variant(config, repo_id, source)
+        variant = lookup_variant(config, repo_id, source)
     check_variant_matches(config, variant)
     if source is None or not _is_hub_id(source):  # a local folder: name the Hub repo it holds, if known
         source = variant.source or source
