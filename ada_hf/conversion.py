@@ -3,7 +3,8 @@
     ada-hf convert SOURCE OUTPUT --vision-tower PATH_OR_REPO [--from KIND] [--dtype float16] [--max-shard-size 5GB]
 
 Weights stream shard by shard (one source shard and one output shard in memory at a time), `.bin` pickles load with
-`weights_only=True`, and the repo is written to a temporary folder that replaces OUTPUT only when everything checked out.
+`weights_only=True`, and the repo is written to a temporary folder that replaces OUTPUT only when everything
+checked out.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ LLAVA_HF_RULES = (
 # Dropped without a word: buffers transformers rebuilds.
 SILENT_DROPS = (re.compile(r"\.rotary_emb\.inv_freq$"), re.compile(r"(^|\.)embeddings\.position_ids$"))
 # Dropped and listed: the parts of a full CLIPModel LLaVA does not use.
-REPORTED_DROPS = (re.compile(r"^text_model\."), re.compile(r"^logit_scale$"), re.compile(r"^(visual|text)_projection\."))
+REPORTED_DROPS = (
+    re.compile(r"^text_model\."),
+    re.compile(r"^logit_scale$"),
+    re.compile(r"^(visual|text)_projection\."),
+)
 
 
 def map_key(name: str, rules) -> str | None:

@@ -141,7 +141,8 @@ def run_demo(
             token, the scheduler does not run: the plain LLaVA forward).
         max_new_tokens (`int`): Tokens to generate per answer (greedy).
         save_dir (`str` or `Path`, *optional*): Also save each model and the processor there with `save_pretrained`
-            (a remote-code checkpoint). With one variant the checkpoint is `save_dir`; with several, `save_dir/<variant>`.
+            (a remote-code checkpoint). With one variant the checkpoint is `save_dir`; with several,
+            `save_dir/<variant>`.
         stream (`TextIO`, *optional*): Where to print; defaults to `sys.stdout`.
 
     Returns:
@@ -229,8 +230,8 @@ def run_demo(
     say(
         "effective = (U_pre + u) / U_tot with u = max(0, floor(U_tot * budget) - U_pre); 'none' runs the plain LLaVA "
         "forward (no <latency> token, no scheduler). Layers run counts layers with at least one head; heads run sums "
-        "the heads executed over all layers. Times are wall-clock for the whole generate call on this CPU; another busy "
-        "process makes them erratic (OMP_WAIT_POLICY=PASSIVE steadies them, at some cost in speed)."
+        "the heads executed over all layers. Times are wall-clock for the whole generate call on this CPU; another "
+        "busy process makes them erratic (OMP_WAIT_POLICY=PASSIVE steadies them, at some cost in speed)."
     )
     say(RANDOM_WEIGHTS_NOTICE)
     return rows

@@ -59,7 +59,7 @@ class ExecutionPlan:
         return self.units.detach().cpu() + self.num_prefix_units
 
     def latency_effective(self) -> torch.Tensor:
-        """`[batch]`: the budget actually run, `(U_pre + u) / U_tot` (a budget below the prefix share runs the prefix)."""
+        """`[batch]`: the budget actually run, `(U_pre + u) / U_tot` (below the prefix share, the prefix runs)."""
         return self.executed_units().double() / self.num_total_units
 
     def same_schedule(self, other: ExecutionPlan) -> bool:

@@ -17,7 +17,7 @@ from .execution_plan import ExecutionPlan
 
 
 class LatencyEncoder(nn.Module):
-    """Maps a quantised budget `q` in [0, 1) to a `hidden_size` embedding: sinusoid, then LayerNorm-Linear-GELU-Linear."""
+    """Maps a quantised budget `q` in [0, 1) to a `hidden_size` embedding: sinusoid, LayerNorm-Linear-GELU-Linear."""
 
     def __init__(self, embed_dim: int, hidden_size: int, freq_base: float = 10000.0):
         super().__init__()
@@ -126,8 +126,8 @@ class LatencyScheduler(nn.Module):
         if bad.any():
             rows = bad.nonzero().flatten().tolist()
             raise ValueError(
-                f"latency={_show(latency)} is invalid in rows {rows}: a budget is the share of compute to run, a number "
-                "in (0, 1] (1.0 runs the whole model)."
+                f"latency={_show(latency)} is invalid in rows {rows}: a budget is the share of compute to run, "
+                "a number in (0, 1] (1.0 runs the whole model)."
             )
         return self.quantize(latency_t.to(device=device, dtype=dtype))
 

@@ -71,7 +71,7 @@ class PublishedFigure:
 
 # AdaLLaVA's README (github.com/zhuoyan-xu/AdaLLaVA, commit 8ea416e; /work/shared/seeds/000_*), "Evaluation" section.
 _README_MME_SETTING = (
-    "the README's \"Example output of MME\" from lmms-eval; the README does not say which model or budget produced it "
+    'the README\'s "Example output of MME" from lmms-eval; the README does not say which model or budget produced it '
     "(its evaluation command just above runs zhuoyanxu/ada-llava-L-v1.5-7b with latency=0.85)"
 )
 _README_SOURCE = "AdaLLaVA README, github.com/zhuoyan-xu/AdaLLaVA"

@@ -342,8 +342,8 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
             if budget_given:
                 if input_ids is None:
                     raise ValueError(
-                        "A budget needs the `<latency>` token in `input_ids`, but only `inputs_embeds` were given. Pass "
-                        "`input_ids` (generate appends the token for you) or an `execution_plan`."
+                        "A budget needs the `<latency>` token in `input_ids`, but only `inputs_embeds` were given. "
+                        "Pass `input_ids` (generate appends the token for you) or an `execution_plan`."
                     )
                 raise ValueError(
                     f"A budget was given but no row of input_ids holds the <latency> token (id {token_id}); rows "

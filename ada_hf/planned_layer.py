@@ -149,7 +149,9 @@ def planned_attention(
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
     if past_key_values is not None:
         key, value = past_key_values.update(key, value, attn.layer_idx)
-    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
+    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attn.config._attn_implementation, eager_attention_forward
+    )
     output, _ = attention_interface(
         attn,
         query,

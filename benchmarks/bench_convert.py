@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tiny-format writers live with the
 
 from checkpoint_fixtures import TinyDims, write_clip_tower, write_sentencepiece_tokenizer  # noqa: E402
 
-from ada_hf.checkpoint_io import parse_size  # noqa: E402
 
 GB = 10**9
 
@@ -34,8 +32,17 @@ GB = 10**9
 def write_big_original_llava(folder: Path, layers: int, shards: int, vocab: int) -> None:
     """LLaVA-1.5-7B-shaped layers in fp16 .bin shards (torch.save of plain dicts) with the original index."""
     d, inter, heads = 4096, 11008, 32
-    dims = TinyDims(vocab_size=vocab, hidden_size=d, intermediate_size=inter, num_layers=layers, num_heads=heads,
-                    vision_hidden=1024, vision_intermediate=64, vision_layers=2, vision_heads=16)
+    dims = TinyDims(
+        vocab_size=vocab,
+        hidden_size=d,
+        intermediate_size=inter,
+        num_layers=layers,
+        num_heads=heads,
+        vision_hidden=1024,
+        vision_intermediate=64,
+        vision_layers=2,
+        vision_heads=16,
+    )
     folder.mkdir(parents=True)
     write_sentencepiece_tokenizer(folder, dims)
     names = ["model.embed_tokens.weight"]
@@ -44,8 +51,14 @@ def write_big_original_llava(folder: Path, layers: int, shards: int, vocab: int)
         names += [f"model.layers.{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
         names += [f"model.layers.{i}.{n}.weight" for n in ("input_layernorm", "post_attention_layernorm")]
         names.append(f"model.layers.{i}.self_attn.rotary_emb.inv_freq")
-    names += ["model.norm.weight", "model.mm_projector.0.weight", "model.mm_projector.0.bias",
-              "model.mm_projector.2.weight", "model.mm_projector.2.bias", "lm_head.weight"]
+    names += [
+        "model.norm.weight",
+        "model.mm_projector.0.weight",
+        "model.mm_projector.0.bias",
+        "model.mm_projector.2.weight",
+        "model.mm_projector.2.bias",
+        "lm_head.weight",
+    ]
 
     def shape(name: str) -> tuple:
         if "embed_tokens" in name or "lm_head" in name:
@@ -74,8 +87,9 @@ def write_big_original_llava(folder: Path, layers: int, shards: int, vocab: int)
             total += chunk[name].numel() * chunk[name].element_size()
         torch.save(chunk, folder / file)
         del chunk
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                      "weight_map": weight_map}))
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     config = {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "hidden_size": d,
               "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
               "num_key_value_heads": heads, "vocab_size": vocab, "max_position_embeddings": 4096,
@@ -113,10 +127,17 @@ def main() -> None:
     try:
         write_big_original_llava(work / "llava", args.layers, args.shards, args.vocab)
         source_bytes = sum(p.stat().st_size for p in (work / "llava").glob("*.bin"))
-        baseline = subprocess.run([sys.executable, "-c", f"import ada_hf.conversion; print({PEAK_RSS})"],
-                                  capture_output=True, text=True, check=True)
-        result = subprocess.run([sys.executable, "-c", CHILD, str(work / "llava"), str(work / "out"),
-                                 str(work / "clip"), args.out_shard], capture_output=True, text=True)
+        baseline = subprocess.run(
+            [sys.executable, "-c", f"import ada_hf.conversion; print({PEAK_RSS})"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", CHILD, str(work / "llava"), str(work / "out"), str(work / "clip"), args.out_shard],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode:
             sys.exit(result.stderr[-3000:])
         measured = json.loads(result.stdout.strip().splitlines()[-1])
@@ -126,8 +147,11 @@ def main() -> None:
     rows = [
         ("source checkpoint", f"{source_bytes / GB:.2f} GB in {args.shards} .bin shards"),
         ("largest source shard", f"{measured['largest_source'] / GB:.2f} GB"),
-        ("largest output shard", f"{measured['largest_output'] / GB:.2f} GB ({len(measured['shards'])} shards, "
-                                 f"--max-shard-size {args.out_shard})"),
+        (
+            "largest output shard",
+            f"{measured['largest_output'] / GB:.2f} GB ({len(measured['shards'])} shards, "
+            f"--max-shard-size {args.out_shard})",
+        ),
         ("process RSS after imports", f"{int(baseline.stdout) / GB:.2f} GB"),
         ("peak RSS of the conversion", f"{measured['peak_rss'] / GB:.2f} GB"),
         ("target (largest source + largest output + 1 GB)", f"{target / GB:.2f} GB"),
@@ -135,8 +159,10 @@ def main() -> None:
         ("time", f"{measured['seconds']:.1f} s"),
     ]
     table = "| | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
-    text = (f"# Conversion memory\n\n`python benchmarks/bench_convert.py --layers {args.layers} --shards {args.shards}"
-            f" --out-shard {args.out_shard}` (torch {torch.__version__}, 2 CPU cores)\n\n{table}\n")
+    text = (
+        f"# Conversion memory\n\n`python benchmarks/bench_convert.py --layers {args.layers} --shards {args.shards}"
+        f" --out-shard {args.out_shard}` (torch {torch.__version__}, 2 CPU cores)\n\n{table}\n"
+    )
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(text)
     print(text)

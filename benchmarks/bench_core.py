@@ -221,7 +221,9 @@ def run_vision(cfg: Config, inputs):
 # --------------------------------------------------------------------------------------------------------------------
 def plan_summary(plan: ExecutionPlan | None, kind: str, num_layers: int, num_heads: int) -> dict:
     if plan is None:
-        return dict(layers_run=num_layers, head_slots=num_layers * num_heads, summary=f"{num_layers}/{num_layers} layers")
+        return dict(
+            layers_run=num_layers, head_slots=num_layers * num_heads, summary=f"{num_layers}/{num_layers} layers"
+        )
     heads = plan.heads_executed()[0]
     groups = plan.mlp_groups_executed()[0]
     layers_run = int((heads >= 0).sum())
@@ -369,13 +371,13 @@ def run(args, name: str, out_dir: Path) -> None:
     started = time.time()
     load_start = os.getloadavg()
 
-    print(f"building models ({args.layers} layers x {args.heads} heads, hidden {args.hidden_size}) ...", file=sys.stderr)
+    print(
+        f"building models ({args.layers} layers x {args.heads} heads, hidden {args.hidden_size}) ...", file=sys.stderr
+    )
     llava, ada_l, ada_h = build_models(args)
     inputs = make_inputs(args)
     n_layers, n_heads = args.layers, args.heads
-    decoder_weight_bytes = sum(
-        p.numel() * p.element_size() for p in ada_l.model.language_model.layers.parameters()
-    )
+    decoder_weight_bytes = sum(p.numel() * p.element_size() for p in ada_l.model.language_model.layers.parameters())
 
     configs = [Config("llava (transformers)", "llava", None, llava), Config("ada-L latency=None", "L", None, ada_l),
                Config("ada-H latency=None", "H", None, ada_h)]  # fmt: skip
@@ -494,13 +496,22 @@ def run(args, name: str, out_dir: Path) -> None:
     (out_dir / f"{name}.md").write_text(md)
     result = dict(
         args=vars(args),
-        env=dict(torch=torch.__version__, transformers=__import__("transformers").__version__,
-                 python=platform.python_version(), cpu=platform.processor() or platform.machine(),
-                 threads=torch.get_num_threads(), cpu_count=os.cpu_count()),  # fmt: skip
+        env=dict(
+            torch=torch.__version__,
+            transformers=__import__("transformers").__version__,
+            python=platform.python_version(),
+            cpu=platform.processor() or platform.machine(),
+            threads=torch.get_num_threads(),
+            cpu_count=os.cpu_count(),
+        ),  # fmt: skip
         prompt_tokens=dict(llava=int(inputs[0].shape[1]), ada_with_budget=int(inputs[1].shape[1])),
         decoder_weight_bytes=decoder_weight_bytes,
-        configs=[dict(name=c.name, kind=c.kind, latency=c.latency, prefill_s=c.prefill, decode_s_per_token=c.decode,
-                      **c.info) for c in configs + [vision]],  # fmt: skip
+        configs=[
+            dict(
+                name=c.name, kind=c.kind, latency=c.latency, prefill_s=c.prefill, decode_s_per_token=c.decode, **c.info
+            )
+            for c in configs + [vision]
+        ],  # fmt: skip
         checks=checks,
         memory=mem,
         live_plans_holding_slices_at_end=dict(count=alive_n, bytes=alive_bytes),
@@ -613,7 +624,10 @@ def plot(by, vision, path: Path, args) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
-    for ax, phase, title in ((axes[1], "prefill", "Prefill time (ms)"), (axes[2], "decode", "Decode time per token (ms)")):
+    for ax, phase, title in (
+        (axes[1], "prefill", "Prefill time (ms)"),
+        (axes[2], "decode", "Decode time per token (ms)"),
+    ):
         for kind in ("L", "H"):
             med = [1e3 * by[(kind, b)].info[phase]["median"] for b in budgets]
             lo = [m - 1e3 * by[(kind, b)].info[phase]["q1"] for m, b in zip(med, budgets)]

@@ -25,19 +25,30 @@ def main() -> None:
 
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    conversation = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}
+    ]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     inputs = processor(images=demo_image(), text=prompt, return_tensors="pt")
     out = model.generate(**inputs, latency=0.6, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
-    print("latency=0.6 ran", float(out.latency_effective[0]), "of the model; heads per layer:",
-          out.execution_plan[0].tolist())
+    print(
+        "latency=0.6 ran",
+        float(out.latency_effective[0]),
+        "of the model; heads per layer:",
+        out.execution_plan[0].tolist(),
+    )
     print("answer:", processor.decode(out.sequences[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 
     batch = processor(images=[demo_image()] * 3, text=[prompt] * 3, return_tensors="pt")
-    out = model.generate(**batch, latency=torch.tensor([1.0, 0.75, 0.5]), max_new_tokens=8, do_sample=False,
-                         return_dict_in_generate=True)
-    print("per-row budgets ran", out.latency_effective.tolist(), "; heads computed per layer (union):",
-          out.heads_computed.tolist())
+    out = model.generate(
+        **batch, latency=torch.tensor([1.0, 0.75, 0.5]), max_new_tokens=8, do_sample=False, return_dict_in_generate=True
+    )
+    print(
+        "per-row budgets ran",
+        out.latency_effective.tolist(),
+        "; heads computed per layer (union):",
+        out.heads_computed.tolist(),
+    )
 
 
 if __name__ == "__main__":

@@ -169,9 +169,7 @@ def _split_shards(names: list[str], sizes: list[int], num_shards: int) -> list[l
     return [names[bounds[j] : bounds[j + 1]] for j in range(num_shards)]
 
 
-def _write_sharded(
-    folder: Path, tensors: "OrderedDict[str, torch.Tensor]", num_shards: int, fmt: str
-) -> None:
+def _write_sharded(folder: Path, tensors: "OrderedDict[str, torch.Tensor]", num_shards: int, fmt: str) -> None:
     """Write `tensors` as transformers 4.x `save_pretrained` shards plus the index.
 
     fmt "bin": `pytorch_model-0000N-of-0000M.bin` (torch.save of a plain dict) + `pytorch_model.bin.index.json`.
@@ -198,8 +196,10 @@ def _write_sharded(
             save_file({k: tensors[k] for k in group}, str(folder / fname), metadata={"format": "pt"})
         weight_map.update({k: fname for k in group})
     index_name = "pytorch_model.bin.index.json" if fmt == "bin" else "model.safetensors.index.json"
-    _json_dump(folder / index_name, {"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())},
-                                     "weight_map": weight_map})
+    _json_dump(
+        folder / index_name,
+        {"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())}, "weight_map": weight_map},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -909,20 +909,20 @@ def _llava_hf_state_dict(dims: TinyDims, seed: int) -> dict[str, torch.Tensor]:
             sd[k.replace("model.", "model.language_model.", 1)] = t
     for k, t in _clip_state_dict(dims, seed).items():
         if k.startswith("vision_model."):
-            sd["model.vision_tower." + k[len("vision_model."):]] = t.half()
+            sd["model.vision_tower." + k[len("vision_model.") :]] = t.half()
     return sd
 
 
 def _legacy_llava_hf_key(k: str) -> str:
     """transformers 5.x Llava key -> the 4.x layout of the Hub repos."""
     if k.startswith("model.language_model."):
-        return "language_model.model." + k[len("model.language_model."):]
+        return "language_model.model." + k[len("model.language_model.") :]
     if k == "lm_head.weight":
         return "language_model.lm_head.weight"
     if k.startswith("model.vision_tower."):
-        return "vision_tower.vision_model." + k[len("model.vision_tower."):]
+        return "vision_tower.vision_model." + k[len("model.vision_tower.") :]
     if k.startswith("model.multi_modal_projector."):
-        return k[len("model."):]
+        return k[len("model.") :]
     raise KeyError(k)
 
 
@@ -1104,7 +1104,7 @@ def write_llava_hf(folder, dims: TinyDims, layout: str = "legacy", num_shards: i
         legacy = {}
         for k, v in saved.items():
             if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model."):
-                k = "vision_tower.vision_model." + k[len("vision_tower."):]
+                k = "vision_tower.vision_model." + k[len("vision_tower.") :]
             legacy[k] = v
         expected = {_legacy_llava_hf_key(k): t for k, t in sd16.items()}
         assert legacy.keys() == expected.keys() and all(torch.equal(legacy[k], expected[k]) for k in expected)
@@ -1116,8 +1116,13 @@ def write_llava_hf(folder, dims: TinyDims, layout: str = "legacy", num_shards: i
         _json_dump(folder / "config.json", _llava_hf_legacy_config_json(dims))
         _json_dump(
             folder / "generation_config.json",
-            {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
-             "pad_token_id": dims.vocab_size + 1, "transformers_version": "4.36.0.dev0"},
+            {
+                "_from_model_config": True,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+                "pad_token_id": dims.vocab_size + 1,
+                "transformers_version": "4.36.0.dev0",
+            },
         )
         _write_llava_hf_legacy_processor(folder, dims, processor)
     elif layout == "v5":

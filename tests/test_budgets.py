@@ -16,8 +16,9 @@ def run_plan(model, latency=None, num_units=None):
 
 def seven_b_shaped(scheduler_type, dtype):
     # Vicuna-7B's geometry (32 layers, 32 heads, P = 16, r = 8), two dimensions per head.
-    return make_model(scheduler_type, dtype=dtype, num_layers=32, num_heads=32, hidden_size=64, intermediate_size=96,
-                      scheduler_rank=8)
+    return make_model(
+        scheduler_type, dtype=dtype, num_layers=32, num_heads=32, hidden_size=64, intermediate_size=96, scheduler_rank=8
+    )
 
 
 # The original's fp16 tables: layers run for L-7b, suffix units u for H-7b.
@@ -95,7 +96,8 @@ def test_budget_table_rows_run_what_they_say(scheduler_type):
 
 
 def test_scheduler_picks_depend_on_content(model_h):
-    # Same budget, different images: the plan reads the latency token's hidden state, so it may differ; the count may not.
+    # Same budget, different images: the plan reads the latency token's hidden state, so it may differ;
+    # the count may not.
     plans = []
     for seed in range(4):
         ids = make_prompt(seed, latency=True)[None]

@@ -159,7 +159,11 @@ def test_clip_tower_bin_is_the_openai_layout(tmp_path):
     pos_embed = written["vision_model.embeddings.position_embedding.weight"]
     assert pos_embed.shape == (DIMS.num_positions, DIMS.vision_hidden)
     assert written["vision_model.embeddings.patch_embedding.weight"].shape == (
-        DIMS.vision_hidden, 3, DIMS.patch_size, DIMS.patch_size)
+        DIMS.vision_hidden,
+        3,
+        DIMS.patch_size,
+        DIMS.patch_size,
+    )
     assert written["visual_projection.weight"].shape == (DIMS.projection_dim, DIMS.vision_hidden)
 
     config = _read_json(tmp_path / "config.json")
@@ -175,7 +179,11 @@ def test_clip_tower_bin_is_the_openai_layout(tmp_path):
 
     vc = CLIPVisionConfig.from_pretrained(tmp_path)
     assert (vc.hidden_size, vc.num_hidden_layers, vc.image_size, vc.patch_size) == (
-        DIMS.vision_hidden, DIMS.vision_layers, DIMS.image_size, DIMS.patch_size)
+        DIMS.vision_hidden,
+        DIMS.vision_layers,
+        DIMS.image_size,
+        DIMS.patch_size,
+    )
     tower = CLIPVisionModel.from_pretrained(tmp_path)
     for k, t in tower.state_dict().items():
         if not k.endswith("position_ids"):
@@ -219,8 +227,14 @@ def _expected_llava_lm_keys(inv_freq: bool) -> set[str]:
 def test_original_llava_files_keys_and_dtypes(tmp_path):
     written = write_original_llava(tmp_path, DIMS, num_shards=2)
     assert _files(tmp_path) == {
-        "config.json", "generation_config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
-        "pytorch_model.bin.index.json", "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json",
+        "config.json",
+        "generation_config.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
     }
     assert set(written) == _expected_llava_lm_keys(inv_freq=True)
     index = _check_index(tmp_path, "pytorch_model.bin.index.json", written)
@@ -256,7 +270,7 @@ def test_original_llava_with_tower_overrides_and_one_shard(tmp_path):
     # the embedded tower is fp16(openai tower with the same seed); the LM does not depend on include_tower
     clip = write_clip_tower(tmp_path / "clip", DIMS)
     for k in tower:
-        assert torch.equal(written[k], clip[k[len("model.vision_tower.vision_tower."):]].half()), k
+        assert torch.equal(written[k], clip[k[len("model.vision_tower.vision_tower.") :]].half()), k
     plain = write_original_llava(tmp_path / "plain", DIMS, num_shards=1)
     assert "pytorch_model.bin" in _files(tmp_path / "plain")  # one shard: a single file, no index (as 4.x)
     assert not (tmp_path / "plain" / "pytorch_model.bin.index.json").exists()
@@ -270,17 +284,25 @@ def test_original_llava_with_tower_overrides_and_one_shard(tmp_path):
 @pytest.mark.parametrize("scheduler_type, rank", [("L", 2), ("H", None)])
 def test_original_adallava_files_keys_and_dtypes(tmp_path, scheduler_type, rank):
     p = 2
-    written = write_original_adallava(tmp_path, DIMS, scheduler_type=scheduler_type, num_prefix_layers=p,
-                                      scheduler_rank=rank, num_shards=3)
+    written = write_original_adallava(
+        tmp_path, DIMS, scheduler_type=scheduler_type, num_prefix_layers=p, scheduler_rank=rank, num_shards=3
+    )
     assert _files(tmp_path) == {
-        "config.json", "generation_config.json", "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
-        "model-00003-of-00003.safetensors", "model.safetensors.index.json", "special_tokens_map.json",
-        "tokenizer.model", "tokenizer_config.json",
+        "config.json",
+        "generation_config.json",
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+        "model.safetensors.index.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
     }
     sched = {k for k in written if k.startswith("scheduler.")}
     assert set(written) - sched == _expected_llava_lm_keys(inv_freq=False)  # no inv_freq, no CLIP
     assert sched == {"scheduler.mlp_head.weight", "scheduler.mlp_head.bias"} | {
-        f"scheduler.scheduler_up_proj.net.{i}.{x}" for i in (0, 1, 3) for x in ("weight", "bias")}
+        f"scheduler.scheduler_up_proj.net.{i}.{x}" for i in (0, 1, 3) for x in ("weight", "bias")
+    }
     assert all(t.dtype == torch.float16 for t in written.values())
     s, d = DIMS.num_layers - p, DIMS.hidden_size
     out = s if scheduler_type == "L" else s * DIMS.num_heads * 2
@@ -326,17 +348,23 @@ def test_transformers_5_23_default_save_of_llava_is_not_the_hub_layout(tmp_path)
 
     model = LlavaForConditionalGeneration(_llava_hf_config(DIMS))
     model.save_pretrained(tmp_path / "default")  # save_original_format=True
-    keys = set(_read_json(tmp_path / "default" / "model.safetensors.index.json")["weight_map"]) if (
-        tmp_path / "default" / "model.safetensors.index.json").exists() else set(
-        load_file(str(tmp_path / "default" / "model.safetensors")))
+    keys = (
+        set(_read_json(tmp_path / "default" / "model.safetensors.index.json")["weight_map"])
+        if (tmp_path / "default" / "model.safetensors.index.json").exists()
+        else set(load_file(str(tmp_path / "default" / "model.safetensors")))
+    )
     assert "language_model.model.embed_tokens.weight" in keys and "language_model.lm_head.weight" in keys
     assert "multi_modal_projector.linear_1.weight" in keys
     assert "vision_tower.embeddings.class_embedding" in keys  # the Hub repos have vision_tower.vision_model.*
     assert not any(k.startswith("vision_tower.vision_model.") for k in keys)
     model.save_pretrained(tmp_path / "v5", save_original_format=False)
     keys = set(load_file(str(tmp_path / "v5" / "model.safetensors")))
-    assert {"lm_head.weight", "model.language_model.embed_tokens.weight",
-            "model.vision_tower.embeddings.class_embedding", "model.multi_modal_projector.linear_2.bias"} <= keys
+    assert {
+        "lm_head.weight",
+        "model.language_model.embed_tokens.weight",
+        "model.vision_tower.embeddings.class_embedding",
+        "model.multi_modal_projector.linear_2.bias",
+    } <= keys
 
 
 @pytest.mark.parametrize("layout", ["legacy", "v5"])
@@ -346,12 +374,21 @@ def test_llava_hf_files_keys_and_reload(tmp_path, layout):
     model = write_llava_hf(tmp_path, DIMS, layout=layout, num_shards=2)
     assert not model.training and model.dtype == torch.float32
     shards = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"}
-    common = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "processor_config.json"}
+    common = {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+    }
     if layout == "legacy":
         assert _files(tmp_path) == shards | common | {
-            "preprocessor_config.json", "chat_template.json", "special_tokens_map.json", "tokenizer.model",
-            "added_tokens.json"}
+            "preprocessor_config.json",
+            "chat_template.json",
+            "special_tokens_map.json",
+            "tokenizer.model",
+            "added_tokens.json",
+        }
     else:
         assert _files(tmp_path) == shards | common | {"chat_template.jinja"}
     index = _read_json(tmp_path / "model.safetensors.index.json")
@@ -365,8 +402,12 @@ def test_llava_hf_files_keys_and_reload(tmp_path, layout):
     assert all(t.dtype == torch.float16 for t in stored.values())
     vp = DIMS.padded_vocab_size
     if layout == "legacy":
-        prefixes = {"language_model.model.", "language_model.lm_head.", "vision_tower.vision_model.",
-                    "multi_modal_projector."}
+        prefixes = {
+            "language_model.model.",
+            "language_model.lm_head.",
+            "vision_tower.vision_model.",
+            "multi_modal_projector.",
+        }
         embed, head = "language_model.model.embed_tokens.weight", "language_model.lm_head.weight"
         assert "vision_tower.vision_model.embeddings.class_embedding" in stored
         config = _read_json(tmp_path / "config.json")
@@ -423,14 +464,17 @@ def test_llava_hf_is_the_hf_conversion_of_the_original_fixtures(tmp_path):
         elif k == "model.embed_tokens.weight":
             target = sd["model.language_model.embed_tokens.weight"][:v]
         elif k.startswith("model.mm_projector."):
-            target = sd[k.replace("model.mm_projector.0", "model.multi_modal_projector.linear_1").replace(
-                "model.mm_projector.2", "model.multi_modal_projector.linear_2")]
+            target = sd[
+                k.replace("model.mm_projector.0", "model.multi_modal_projector.linear_1").replace(
+                    "model.mm_projector.2", "model.multi_modal_projector.linear_2"
+                )
+            ]
         else:
             target = sd[k.replace("model.", "model.language_model.", 1)]
         assert torch.equal(target, t.float()), k
     for k, t in clip.items():
         if k.startswith("vision_model.") and not k.endswith("position_ids"):
-            assert torch.equal(sd["model.vision_tower." + k[len("vision_model."):]], t.half().float()), k
+            assert torch.equal(sd["model.vision_tower." + k[len("vision_model.") :]], t.half().float()), k
     # the new rows are close to the mean row (HF samples them around it)
     extra = sd["lm_head.weight"][v:]
     assert (extra - sd["lm_head.weight"][:v].mean(0)).abs().max() < 0.01

@@ -63,16 +63,21 @@ def test_adallava_key_mapping_both_ways_is_bit_exact(tmp_path, tower, scheduler_
         if target in state:
             assert unmap_key(target, TOWER_RULES) == name
             assert torch.equal(state[target], tensor.to(torch.float16)), name
-    assert sorted({n.split(".")[0] for n in report.dropped}) == ["logit_scale", "text_model", "text_projection",
-                                                                   "visual_projection"]
+    assert sorted({n.split(".")[0] for n in report.dropped}) == [
+        "logit_scale",
+        "text_model",
+        "text_projection",
+        "visual_projection",
+    ]
     assert not any("position_ids" in n for n in report.dropped)
     assert state["lm_head.weight"].shape[0] == 128  # 64 + <image>, <pad>, <latency>, padded to a multiple of 64
 
 
 @pytest.mark.parametrize("scheduler_type", ["L", "H"])
 def test_converted_adallava_plans_use_the_original_scheduler(tmp_path, tower, scheduler_type):
-    source = write_original_adallava(tmp_path / "ada", DIMS, scheduler_type=scheduler_type, num_prefix_layers=2,
-                                     scheduler_rank=2)
+    source = write_original_adallava(
+        tmp_path / "ada", DIMS, scheduler_type=scheduler_type, num_prefix_layers=2, scheduler_rank=2
+    )
     convert(tmp_path / "ada", tmp_path / "out", vision_tower=tower[0], progress=False)
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out", dtype=torch.float32)
     assert model.config.default_latency == 1.0 and model.config.scheduler_type == scheduler_type
@@ -80,8 +85,14 @@ def test_converted_adallava_plans_use_the_original_scheduler(tmp_path, tower, sc
     weight = source["scheduler.mlp_head.weight"].float()
     bias = source["scheduler.mlp_head.bias"].float()
     for budget in (1.0, 0.85, 0.75, 0.6):
-        out = model.generate(**batch, latency=budget, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
-                             output_hidden_states=True)
+        out = model.generate(
+            **batch,
+            latency=budget,
+            max_new_tokens=3,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_hidden_states=True,
+        )
         heads = out.execution_plan[0]
         hidden = out.hidden_states[0][2][0, -1]  # after the 2 prefix layers, at the <latency> token
         logits = weight @ hidden + bias
@@ -124,8 +135,16 @@ def test_original_llava_equals_transformers_llava(tmp_path):
 
 def test_original_llava_with_a_new_scheduler_and_embedded_tower(tmp_path, tower):
     write_original_llava(tmp_path / "llava", DIMS, include_tower=True, num_shards=3)
-    report = convert(tmp_path / "llava", tmp_path / "out", vision_tower=tower[0], scheduler_type="H",
-                     num_prefix_layers=1, scheduler_rank=2, progress=False, max_shard_size="20KB")
+    report = convert(
+        tmp_path / "llava",
+        tmp_path / "out",
+        vision_tower=tower[0],
+        scheduler_type="H",
+        num_prefix_layers=1,
+        scheduler_rank=2,
+        progress=False,
+        max_shard_size="20KB",
+    )
     assert any("freshly initialised" in note for note in report.notes)
     assert len(report.shards) > 1
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
@@ -200,7 +219,9 @@ def test_refusals_leave_nothing_on_disk(tmp_path, tower):
     assert "model.mystery.weight" in report.dropped
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert(tmp_path / "ada", tmp_path / "out", vision_tower=tower[0], progress=False)
-    convert(tmp_path / "ada", tmp_path / "out", vision_tower=tower[0], drop_unknown=True, overwrite=True, progress=False)
+    convert(
+        tmp_path / "ada", tmp_path / "out", vision_tower=tower[0], drop_unknown=True, overwrite=True, progress=False
+    )
 
 
 @pytest.mark.parametrize(
@@ -293,6 +314,7 @@ def test_thin_scripts_and_module_entry_point():
     for script in sorted((root / "convert").glob("convert_*.py")):
         result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "--vision-tower" in result.stdout, script.name
-    result = subprocess.run([sys.executable, "-m", "ada_hf", "convert", "--help"], capture_output=True, text=True,
-                            timeout=120, cwd=root)
+    result = subprocess.run(
+        [sys.executable, "-m", "ada_hf", "convert", "--help"], capture_output=True, text=True, timeout=120, cwd=root
+    )
     assert result.returncode == 0 and "--push-to-hub" in result.stdout

@@ -11,8 +11,9 @@ from conftest import LATENCY_ID, make_model, make_pixels, make_prompt
 def prefill(model, latency, cache=None, **kwargs):
     ids = make_prompt(0, latency=True)[None]
     with torch.no_grad():
-        return model(input_ids=ids, pixel_values=make_pixels(1), latency=latency, past_key_values=cache,
-                     use_cache=True, **kwargs)
+        return model(
+            input_ids=ids, pixel_values=make_pixels(1), latency=latency, past_key_values=cache, use_cache=True, **kwargs
+        )
 
 
 @pytest.mark.parametrize("scheduler_type", ["L", "H"])
@@ -30,7 +31,12 @@ def test_skipped_layers_are_not_run(scheduler_type):
 def test_decoder_flops_are_exactly_the_planned_ones(scheduler_type):
     model = make_model(scheduler_type, attn="eager")  # eager: attention matmuls are visible to the counter
     text = model.config.text_config
-    d, hd, inter, vocab = text.hidden_size, text.hidden_size // text.num_attention_heads, text.intermediate_size, text.vocab_size
+    d, hd, inter, vocab = (
+        text.hidden_size,
+        text.hidden_size // text.num_attention_heads,
+        text.intermediate_size,
+        text.vocab_size,
+    )
     seq = make_prompt(0, latency=True).shape[0]
     for budget in (1.0, 0.75, 0.6, 0.5):
         with FlopCounterMode(display=False) as counter:
@@ -43,7 +49,7 @@ def test_decoder_flops_are_exactly_the_planned_ones(scheduler_type):
         sizes = [inter // text.num_attention_heads] * text.num_attention_heads  # 70 = 4 * 17 + 2
         for g in range(inter % text.num_attention_heads):
             sizes[g] += 1
-        masks = (plan.mlp_groups[0] > 0.5)
+        masks = plan.mlp_groups[0] > 0.5
         for layer, (h, _) in enumerate(zip(heads.tolist(), groups.tolist())):
             neurons = sum(s for s, on in zip(sizes, masks[layer].tolist()) if on)
             expected += 4 * 2 * seq * d * h * hd  # q, k, v, o projections of the heads run
@@ -83,8 +89,14 @@ def test_cached_generation_equals_recomputation(scheduler_type):
     model = make_model(scheduler_type)
     ids = make_prompt(0)[None]
     pixels = make_pixels(1)
-    kw = dict(pixel_values=pixels, latency=0.6, max_new_tokens=6, do_sample=False, return_dict_in_generate=True,
-              output_logits=True)
+    kw = dict(
+        pixel_values=pixels,
+        latency=0.6,
+        max_new_tokens=6,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     cached = model.generate(input_ids=ids, use_cache=True, **kw)
     uncached = model.generate(input_ids=ids, use_cache=False, **kw)
     assert torch.equal(cached.sequences, uncached.sequences)
@@ -127,8 +139,14 @@ def test_hidden_states_have_one_entry_per_layer(scheduler_type):
 
 
 def test_skipping_really_saves_sliced_memory_only_during_a_request(model_h):
-    out = model_h.generate(input_ids=make_prompt(0)[None], pixel_values=make_pixels(1), latency=0.7,
-                           max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    out = model_h.generate(
+        input_ids=make_prompt(0)[None],
+        pixel_values=make_pixels(1),
+        latency=0.7,
+        max_new_tokens=3,
+        do_sample=False,
+        return_dict_in_generate=True,
+    )
     plan = out.past_key_values.ada_execution_plan
     assert plan.sliced_weight_bytes() == 0 and not plan.layer_plans  # released after generate
 

@@ -79,8 +79,16 @@ def test_beam_search_with_skipped_layers(scheduler_type):
 def test_sampling_with_num_return_sequences_and_per_row_budgets(model_l):
     ids, mask = left_pad([make_prompt(0), make_prompt(1, 2, 2)])
     torch.manual_seed(0)
-    out = generate(model_l, ids, mask, make_pixels(2), latency=torch.tensor([1.0, 0.5]), do_sample=True,
-                   num_return_sequences=3, top_k=0)
+    out = generate(
+        model_l,
+        ids,
+        mask,
+        make_pixels(2),
+        latency=torch.tensor([1.0, 0.5]),
+        do_sample=True,
+        num_return_sequences=3,
+        top_k=0,
+    )
     assert out.sequences.shape[0] == 6
     assert (out.execution_plan[:3] > 0).all() and (out.execution_plan[3:] < 0).any()
     assert out.latency_effective.tolist() == [1.0] * 3 + [0.5] * 3
@@ -99,8 +107,9 @@ def test_streamer_receives_the_generated_tokens(model_l):
 
     streamer = Collect()
     ids = make_prompt(0)[None]
-    out = model_l.generate(input_ids=ids, pixel_values=make_pixels(1), latency=0.6, max_new_tokens=4,
-                           do_sample=False, streamer=streamer)
+    out = model_l.generate(
+        input_ids=ids, pixel_values=make_pixels(1), latency=0.6, max_new_tokens=4, do_sample=False, streamer=streamer
+    )
     streamed = torch.cat([c.reshape(-1) for c in streamer.chunks[1:-1]])
     assert torch.equal(streamed, out[0, ids.shape[1] :]) and streamer.chunks[-1] is None
 

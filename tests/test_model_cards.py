@@ -111,8 +111,13 @@ def test_card_content(path):
     variant = PUBLISHED_VARIANTS[path.stem]
     text = ModelCard.load(path).text
     usage = section(text, "How to use")
-    for needle in ("AutoModelForImageTextToText", "AutoProcessor", "trust_remote_code=True", "revision=",
-                   "code_revision="):
+    for needle in (
+        "AutoModelForImageTextToText",
+        "AutoProcessor",
+        "trust_remote_code=True",
+        "revision=",
+        "code_revision=",
+    ):
         assert needle in usage
     assert ("latency=0.6" in usage) == (variant.scheduler_type is not None)
     assert "vLLM" in section(text, "Limitations") and "TGI" in section(text, "Limitations")
@@ -173,8 +178,16 @@ def test_cards_are_up_to_date(path):
 
 @pytest.mark.parametrize("scheduler_type", ["L", "H", None])
 def test_card_for_a_tiny_config(scheduler_type):
-    config = tiny_config(100, 97, 99 if scheduler_type else None, scheduler_type=scheduler_type, pad_token_id=98,
-                         num_layers=6, num_heads=4, scheduler_rank=2)
+    config = tiny_config(
+        100,
+        97,
+        99 if scheduler_type else None,
+        scheduler_type=scheduler_type,
+        pad_token_id=98,
+        num_layers=6,
+        num_heads=4,
+        scheduler_rank=2,
+    )
     card = render_model_card(config, repo_id="someone/tiny-ada", dtype=torch.float32)
     reparsed = ModelCard(card.content)
     assert reparsed.data.license == "llama2" and reparsed.data.library_name == "transformers"

@@ -31,9 +31,14 @@ def test_no_budget_equals_llava(scheduler_type, attn):
     assert ours.execution_plan is None
     torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-5, rtol=0)
     gen_ours = model.generate(input_ids=ids[:1], pixel_values=pixels[:1], max_new_tokens=6, do_sample=False)
-    gen_theirs = ref.generate(input_ids=ids[:1], pixel_values=pixels[:1], max_new_tokens=6, do_sample=False,
-                              pad_token_id=model.generation_config.pad_token_id,
-                              suppress_tokens=model.generation_config.suppress_tokens)
+    gen_theirs = ref.generate(
+        input_ids=ids[:1],
+        pixel_values=pixels[:1],
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=model.generation_config.pad_token_id,
+        suppress_tokens=model.generation_config.suppress_tokens,
+    )
     assert torch.equal(gen_ours, gen_theirs)
 
 

@@ -1,7 +1,6 @@
 """The processor and transformers' image-text-to-text pipeline pass the budget through to generate."""
 
 import pytest
-import torch
 from PIL import Image
 from transformers import pipeline
 
@@ -13,8 +12,13 @@ from ada_hf.tiny_processor import build_tiny_processor
 def model_and_processor():
     processor = build_tiny_processor(image_size=28)
     tok = processor.tokenizer
-    config = tiny_config(len(tok), tok.convert_tokens_to_ids("<image>"), processor.latency_token_id,
-                         scheduler_type="L", pad_token_id=tok.pad_token_id)
+    config = tiny_config(
+        len(tok),
+        tok.convert_tokens_to_ids("<image>"),
+        processor.latency_token_id,
+        scheduler_type="L",
+        pad_token_id=tok.pad_token_id,
+    )
     model = build_tiny_model(config)
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, processor
@@ -22,8 +26,12 @@ def model_and_processor():
 
 def messages():
     image = Image.new("RGB", (40, 30), (200, 10, 10))
-    return [{"role": "user", "content": [{"type": "image", "image": image},
-                                         {"type": "text", "text": "What is in the picture?"}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is in the picture?"}],
+        }
+    ]
 
 
 def test_processor_carries_the_budget(model_and_processor):

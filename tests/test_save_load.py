@@ -69,8 +69,9 @@ def test_remote_code_load_without_ada_hf(saved, tmp_path):
     torch.save({"ids": ids, "pixels": pixels}, tmp_path / "inputs.pt")
     with torch.no_grad():
         logits = model(input_ids=ids, pixel_values=pixels, latency=0.6).logits
-        tokens = model.generate(input_ids=ids[:, :-1], pixel_values=pixels, latency=0.6, max_new_tokens=5,
-                                do_sample=False)
+        tokens = model.generate(
+            input_ids=ids[:, :-1], pixel_values=pixels, latency=0.6, max_new_tokens=5, do_sample=False
+        )
     code = f"""
         import torch
         from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
