@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import LlavaConfig
 
+from .token_reduction import LLAVOLTA_FIELDS, validate_llavolta
+
 # Stamped into every saved config so a checkpoint says which code wrote it.
 ADA_HF_CODE_VERSION = "0.1.0"
 
@@ -35,6 +37,16 @@ class AdaLlavaConfig(LlavaConfig):
             Width of the sinusoidal budget features (half sines, half cosines).
         latency_freq_base (`float`, *optional*, defaults to 10000.0):
             Base of the geometric sinusoid frequencies.
+        llavolta_grouping (`str`, *optional*, defaults to `"none"`):
+            LLaVolta's visual context compression: `"avgpool1d"` average-pools each image's tokens in windows of
+            `llavolta_stride` at the input of decoder layer `llavolta_layer`; `"none"` turns it off.
+        llavolta_layer (`int`, *optional*, defaults to 2):
+            `K`, the decoder layer at whose input the image tokens are pooled (0 pools the embeddings).
+        llavolta_stride (`int`, *optional*, defaults to 1):
+            `s`, the pooling window; must divide the image's token count (1 pools nothing).
+        llavolta_position_mode (`str`, *optional*, defaults to `"trunc_mean"`):
+            Position id of a pooled token: `trunc_mean` (floor of the window's mean position), `trunc_mean_fp16`
+            (the original bit for bit), `float_mean`, `first`, or `renumber` (contiguous).
     """
 
     model_type = "ada_llava"
@@ -47,12 +59,21 @@ class AdaLlavaConfig(LlavaConfig):
     default_latency: float | None = None
     latency_embed_dim: int = 256
     latency_freq_base: float = 10000.0
+    llavolta_grouping: str = "none"
+    llavolta_layer: int = 2
+    llavolta_stride: int = 1
+    llavolta_position_mode: str = "trunc_mean"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.num_prefix_layers is None and self.scheduler_type is not None:
             self.num_prefix_layers = self.text_config.num_hidden_layers // 2
         self.validate_scheduler()
+        validate_llavolta(
+            {name: getattr(self, name) for name in LLAVOLTA_FIELDS},
+            self.text_config.num_hidden_layers,
+            self.image_seq_length,
+        )
 
     def validate_scheduler(self) -> None:
         """Raise a ValueError naming the bad field if the scheduler settings cannot describe a valid model."""

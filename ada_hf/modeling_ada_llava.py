@@ -32,6 +32,7 @@ from .execution_plan import SKIP, ExecutionPlan
 from .latency_scheduler import LatencyScheduler
 from .planned_layer import build_layer_plan, planned_decoder_layer
 from .processing_ada_llava import AdaLlavaProcessor  # noqa: F401  (copied beside saved models for auto_map)
+from .token_reduction import PoolingRecord, PoolingState, llavolta_settings, plan_pooling
 from .version_check import check_transformers_version
 
 check_transformers_version()
@@ -53,9 +54,12 @@ class _CarriesPlan:
     r"""
     execution_plan (`ExecutionPlan`, *optional*):
         The plan the decoder ran (returned whenever a budget or a plan applied).
+    token_pooling (`PoolingRecord`, *optional*):
+        Where LLaVolta pooled the image tokens, when it did (logits then cover the pooled sequence).
     """
 
     execution_plan: ExecutionPlan | None = None
+    token_pooling: PoolingRecord | None = None
 
 
 @dataclass
@@ -119,6 +123,7 @@ class AdaLlamaModel(LlamaModel):
         use_cache: bool | None = None,
         scheduling: SchedulingState | None = None,
         num_prefix_layers: int | None = None,
+        pooling: PoolingState | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
@@ -137,10 +142,13 @@ class AdaLlamaModel(LlamaModel):
 
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
+        past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
+        pool_at, pooled_inputs = self._pooling_schedule(
+            pooling, past_seen_tokens, inputs_embeds, attention_mask, position_ids, past_key_values
+        )
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
@@ -160,6 +168,12 @@ class AdaLlamaModel(LlamaModel):
         )
 
         for idx, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            if idx == pool_at:
+                if pooled_inputs is None:  # prefill: pool this input's image tokens (LLaVolta)
+                    hidden_states, pooled_inputs = self._pool(
+                        pooling, hidden_states, attention_mask, position_ids, scheduling
+                    )
+                layer_kwargs.update(pooled_inputs)
             if scheduling is not None and idx == num_prefix_layers and scheduling.plan is None:
                 rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
                 latency_hidden = hidden_states[rows, scheduling.positions.to(hidden_states.device)]
@@ -189,11 +203,77 @@ class AdaLlamaModel(LlamaModel):
             all_hidden_states[-1] = hidden_states  # transformers' convention: the last entry is the normed output
         if past_key_values is not None and scheduling is not None:
             past_key_values.ada_execution_plan = scheduling.plan
+        if past_key_values is not None and pooling is not None and pooling.record is not None:
+            past_key_values.ada_pooling = pooling.record
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             past_key_values=past_key_values,
             hidden_states=_select_hidden_states(all_hidden_states, output_hidden_states),
         )
+
+    def _pooling_schedule(self, pooling, past_seen, inputs_embeds, attention_mask, position_ids, cache):
+        """The layer at whose input tokens are pooled, and (when decoding after a pooled prefill) the mask and
+        positions of the pooled layers; `(None, None)` when nothing is pooled."""
+        if pooling is None:
+            return None, None
+        record = pooling.record
+        if past_seen == 0:
+            has_images = pooling.image_mask is not None and bool(pooling.image_mask.any())
+            if pooling.settings is None or not has_images:
+                return None, None
+            return pooling.settings.layer, None
+        if record is None:
+            return None, None
+        # Decoding: the pooled layers hold `removed` fewer cached positions than the others.
+        positions = position_ids - record.removed if record.position_mode == "renumber" else position_ids
+        mask = record.compress_mask(attention_mask) if attention_mask is not None else None
+        reference = next(
+            (
+                i
+                for i in range(record.layer, len(cache.layers))
+                if not isinstance(cache.layers[i], DummyLayer) and cache.layers[i].get_seq_length() > 0
+            ),
+            None,
+        )
+        causal_mask = None
+        if reference is not None:
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=mask,
+                past_key_values=cache,
+                position_ids=positions,
+                layer_idx=reference,
+            )
+        return record.layer, {
+            "attention_mask": causal_mask,
+            "position_ids": positions,
+            "position_embeddings": self.rotary_emb(inputs_embeds, position_ids=positions),
+        }
+
+    def _pool(self, pooling, hidden_states, attention_mask, position_ids, scheduling):
+        """LLaVolta at prefill: average-pool each image's tokens; returns the pooled stream and its mask/positions."""
+        settings = pooling.settings
+        layout = plan_pooling(pooling.image_mask.to(hidden_states.device), settings.stride)
+        hidden_states = layout.pool(hidden_states)
+        mask = layout.select(attention_mask) if attention_mask is not None else None
+        positions = layout.positions(position_ids, settings.position_mode, mask)
+        if scheduling is not None and scheduling.positions is not None and scheduling.plan is None:
+            # The scheduler reads the <latency> token (a text token, never pooled) at its new index.
+            scheduling.positions = layout.group.gather(1, scheduling.positions.to(layout.group.device)[:, None])[:, 0]
+        pooling.record = PoolingRecord(settings.layer, settings.position_mode, layout)
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=mask,
+            past_key_values=None,  # a pooled prefill starts from an empty cache
+            position_ids=None,  # the pooled ids have gaps, which the mask would take for packed sequences
+        )
+        return hidden_states, {
+            "attention_mask": causal_mask,
+            "position_ids": positions,
+            "position_embeddings": self.rotary_emb(hidden_states, position_ids=positions),
+        }
 
     def _layer_plan(self, plan: ExecutionPlan, idx: int, layer: nn.Module, cache: Cache | None):
         """The recipe for one layer, built once per request in eval mode (sliced weights included)."""
@@ -274,11 +354,22 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         latency: float | torch.Tensor | None = None,
         num_units: int | torch.Tensor | None = None,
         execution_plan: ExecutionPlan | None = None,
+        llavolta_grouping: str | None = None,
+        llavolta_layer: int | None = None,
+        llavolta_stride: int | None = None,
+        llavolta_position_mode: str | None = None,
         **kwargs,
     ) -> AdaLlavaModelOutputWithPast:
         scheduling = self._scheduling_state(
             input_ids, inputs_embeds, latency, num_units, execution_plan, past_key_values
         )
+        overrides = dict(
+            llavolta_grouping=llavolta_grouping,
+            llavolta_layer=llavolta_layer,
+            llavolta_stride=llavolta_stride,
+            llavolta_position_mode=llavolta_position_mode,
+        )
+        pooling = self._pooling_state(input_ids, overrides, past_key_values)
         outputs = super().forward(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -292,12 +383,34 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
             mm_encoder_outputs=mm_encoder_outputs,
             scheduling=scheduling,
             num_prefix_layers=self.config.num_prefix_layers,
+            pooling=pooling,
             return_dict=True,
             **kwargs,
         )
         return AdaLlavaModelOutputWithPast(
-            **outputs, execution_plan=scheduling.plan if scheduling is not None else None
+            **outputs,
+            execution_plan=scheduling.plan if scheduling is not None else None,
+            token_pooling=pooling.record if pooling is not None else None,
         )
+
+    def _pooling_state(self, input_ids, overrides: dict, cache) -> PoolingState | None:
+        """LLaVolta settings for this call; pooling happens at prefill, and decoding follows the cache's record."""
+        settings = llavolta_settings(self.config, overrides)
+        cache_length = cache.get_seq_length() if cache is not None else 0
+        record = getattr(cache, "ada_pooling", None) if cache_length > 0 else None
+        image_mask = input_ids == self.config.image_token_id if input_ids is not None else None
+        if settings is not None and input_ids is None and cache_length == 0:
+            raise ValueError(
+                "LLaVolta pooling finds image tokens in `input_ids`; pass `input_ids`, not `inputs_embeds`."
+            )
+        if settings is not None and cache_length > 0 and image_mask is not None and image_mask.any():
+            raise ValueError(
+                "LLaVolta pools image tokens at prefill, but these image tokens continue a non-empty cache. Start "
+                "from a fresh cache, or turn pooling off (llavolta_grouping='none') for this call."
+            )
+        if settings is None and record is None:
+            return None
+        return PoolingState(settings, image_mask, record)
 
     def _scheduling_state(self, input_ids, inputs_embeds, latency, num_units, execution_plan, cache):
         """Apply the one rule: the scheduler runs exactly when `input_ids` holds one `<latency>` token per row."""
@@ -434,6 +547,10 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         latency: float | torch.Tensor | None = None,
         num_units: int | torch.Tensor | None = None,
         execution_plan: ExecutionPlan | None = None,
+        llavolta_grouping: str | None = None,
+        llavolta_layer: int | None = None,
+        llavolta_stride: int | None = None,
+        llavolta_position_mode: str | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AdaLlavaCausalLMOutputWithPast | tuple:
@@ -445,6 +562,9 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             Instead of `latency`: the number of suffix units (layers for L, `r`-head slices for H) to run.
         execution_plan (`ExecutionPlan`, *optional*):
             A plan from an earlier output, to continue under it (decoding reuses the prefill plan).
+        llavolta_grouping, llavolta_layer, llavolta_stride, llavolta_position_mode:
+            Per-call overrides of the config's LLaVolta settings (`"avgpool1d"` pools each image's tokens by
+            `llavolta_stride` at the input of decoder layer `llavolta_layer`). Labels are pooled to match.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -460,11 +580,18 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             latency=latency,
             num_units=num_units,
             execution_plan=execution_plan,
+            llavolta_grouping=llavolta_grouping,
+            llavolta_layer=llavolta_layer,
+            llavolta_stride=llavolta_stride,
+            llavolta_position_mode=llavolta_position_mode,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
         loss = None
+        pooled = outputs.token_pooling
+        if labels is not None and pooled is not None and labels.shape[1] == pooled.layout.source_length:
+            labels = pooled.layout.select(labels.to(pooled.layout.first.device))  # pooled image windows: ignored
         if labels is not None:
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
@@ -477,6 +604,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
             execution_plan=outputs.execution_plan,
+            token_pooling=outputs.token_pooling,
         )
         return output.to_tuple() if return_dict is False else output
 
