@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import LlavaConfig
 
-from .token_reduction import LLAVOLTA_FIELDS, validate_llavolta
+from .token_reduction import LLAVOLTA_FIELDS, illava_llm_settings, validate_llavolta
 
 # Stamped into every saved config so a checkpoint says which code wrote it.
 ADA_HF_CODE_VERSION = "0.1.0"
@@ -47,6 +47,13 @@ class AdaLlavaConfig(LlavaConfig):
         llavolta_position_mode (`str`, *optional*, defaults to `"trunc_mean"`):
             Position id of a pooled token: `trunc_mean` (floor of the window's mean position), `trunc_mean_fp16`
             (the original bit for bit), `float_mean`, `first`, or `renumber` (contiguous).
+        enable_illava_llm (`bool`, *optional*, defaults to `False`):
+            iLLaVA's LLM-stage merging (inference only): before each layer in `illava_llm_k`, the image tokens the
+            last prompt token attends to least (in the layer before) collapse into one.
+        illava_llm_k (`int`, `list[int]` or `str`, *optional*, defaults to 8):
+            The decoder layer(s) at whose input tokens merge; `"6-7-8"` is accepted too.
+        illava_llm_r (`float` or `int`, *optional*, defaults to 0.7):
+            A keep ratio in (0, 1], or an int > 1: the number of image tokens removed.
     """
 
     model_type = "ada_llava"
@@ -63,6 +70,9 @@ class AdaLlavaConfig(LlavaConfig):
     llavolta_layer: int = 2
     llavolta_stride: int = 1
     llavolta_position_mode: str = "trunc_mean"
+    enable_illava_llm: bool = False
+    illava_llm_k: int | list[int] | str = 8
+    illava_llm_r: float | int = 0.7
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -74,6 +84,7 @@ class AdaLlavaConfig(LlavaConfig):
             self.text_config.num_hidden_layers,
             self.image_seq_length,
         )
+        illava_llm_settings(self)
 
     def validate_scheduler(self) -> None:
         """Raise a ValueError naming the bad field if the scheduler settings cannot describe a valid model."""

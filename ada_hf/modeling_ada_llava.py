@@ -32,7 +32,15 @@ from .execution_plan import SKIP, ExecutionPlan
 from .latency_scheduler import LatencyScheduler
 from .planned_layer import build_layer_plan, planned_decoder_layer
 from .processing_ada_llava import AdaLlavaProcessor  # noqa: F401  (copied beside saved models for auto_map)
-from .token_reduction import PoolingRecord, PoolingState, llavolta_settings, plan_pooling
+from .token_reduction import (
+    ReductionRecord,
+    ReductionState,
+    illava_llm_settings,
+    illava_merge,
+    last_token_attention,
+    llavolta_settings,
+    plan_pooling,
+)
 from .version_check import check_transformers_version
 
 check_transformers_version()
@@ -54,12 +62,13 @@ class _CarriesPlan:
     r"""
     execution_plan (`ExecutionPlan`, *optional*):
         The plan the decoder ran (returned whenever a budget or a plan applied).
-    token_pooling (`PoolingRecord`, *optional*):
-        Where LLaVolta pooled the image tokens, when it did (logits then cover the pooled sequence).
+    token_reductions (`tuple[ReductionRecord]`, *optional*):
+        Each reduction of the image tokens (LLaVolta pooling, iLLaVA merging) and the entries it kept; after one,
+        logits cover the reduced sequence.
     """
 
     execution_plan: ExecutionPlan | None = None
-    token_pooling: PoolingRecord | None = None
+    token_reductions: tuple[ReductionRecord, ...] | None = None
 
 
 @dataclass
@@ -123,7 +132,7 @@ class AdaLlamaModel(LlamaModel):
         use_cache: bool | None = None,
         scheduling: SchedulingState | None = None,
         num_prefix_layers: int | None = None,
-        pooling: PoolingState | None = None,
+        reduction: ReductionState | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
@@ -146,9 +155,19 @@ class AdaLlamaModel(LlamaModel):
         if position_ids is None:
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
-        pool_at, pooled_inputs = self._pooling_schedule(
-            pooling, past_seen_tokens, inputs_embeds, attention_mask, position_ids, past_key_values
+        reductions = self._reduction_schedule(
+            reduction, past_seen_tokens, inputs_embeds, attention_mask, position_ids, past_key_values
         )
+        stream = {"attention_mask": attention_mask, "position_ids": position_ids, "scores": None, "latency": None}
+        if scheduling is not None and scheduling.positions is not None:
+            stream["latency"] = scheduling.positions
+        if reduction is not None and reduction.illava_llm is not None:
+            # iLLaVA scores image tokens by the attention of the last prompt token: the one before <latency>, or the
+            # prompt's last one (generate passes the prompt length, so recomputing without a cache scores alike).
+            last = torch.full((inputs_embeds.shape[0],), inputs_embeds.shape[1] - 1, device=inputs_embeds.device)
+            if reduction.prompt_length is not None:
+                last = torch.full_like(last, reduction.prompt_length - 1)
+            stream["query"] = stream["latency"] - 1 if stream["latency"] is not None else last
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
@@ -168,12 +187,14 @@ class AdaLlamaModel(LlamaModel):
         )
 
         for idx, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            if idx == pool_at:
-                if pooled_inputs is None:  # prefill: pool this input's image tokens (LLaVolta)
-                    hidden_states, pooled_inputs = self._pool(
-                        pooling, hidden_states, attention_mask, position_ids, scheduling
-                    )
-                layer_kwargs.update(pooled_inputs)
+            action = reductions.get(idx)
+            if isinstance(action, dict):  # decoding after a reduced prefill: this layer's shorter cache
+                layer_kwargs.update(action)
+            elif action is not None:  # prefill: reduce the image tokens at this layer's input
+                hidden_states = self._reduce(action, idx, reduction, hidden_states, stream, scheduling, layer_kwargs)
+            if reduction is not None and reduction.illava_llm is not None and idx + 1 in reductions:
+                if reductions[idx + 1] == "illava":  # iLLaVA scores with the attention of the layer before
+                    stream["scores"] = self._illava_scores(decoder_layer, hidden_states, stream, layer_kwargs)
             if scheduling is not None and idx == num_prefix_layers and scheduling.plan is None:
                 rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
                 latency_hidden = hidden_states[rows, scheduling.positions.to(hidden_states.device)]
@@ -203,77 +224,106 @@ class AdaLlamaModel(LlamaModel):
             all_hidden_states[-1] = hidden_states  # transformers' convention: the last entry is the normed output
         if past_key_values is not None and scheduling is not None:
             past_key_values.ada_execution_plan = scheduling.plan
-        if past_key_values is not None and pooling is not None and pooling.record is not None:
-            past_key_values.ada_pooling = pooling.record
+        if past_key_values is not None and reduction is not None and reduction.records:
+            past_key_values.ada_reductions = list(reduction.records)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             past_key_values=past_key_values,
             hidden_states=_select_hidden_states(all_hidden_states, output_hidden_states),
         )
 
-    def _pooling_schedule(self, pooling, past_seen, inputs_embeds, attention_mask, position_ids, cache):
-        """The layer at whose input tokens are pooled, and (when decoding after a pooled prefill) the mask and
-        positions of the pooled layers; `(None, None)` when nothing is pooled."""
-        if pooling is None:
-            return None, None
-        record = pooling.record
+    def _reduction_schedule(self, reduction, past_seen, inputs_embeds, attention_mask, position_ids, cache) -> dict:
+        """Layer -> what happens at its input: at prefill the name of the reduction to apply; when decoding after a
+        reduced prefill, the mask and positions of the layers from there on (their caches hold fewer positions)."""
+        if reduction is None:
+            return {}
         if past_seen == 0:
-            has_images = pooling.image_mask is not None and bool(pooling.image_mask.any())
-            if pooling.settings is None or not has_images:
-                return None, None
-            return pooling.settings.layer, None
-        if record is None:
-            return None, None
-        # Decoding: the pooled layers hold `removed` fewer cached positions than the others.
-        positions = position_ids - record.removed if record.position_mode == "renumber" else position_ids
-        mask = record.compress_mask(attention_mask) if attention_mask is not None else None
-        reference = next(
-            (
-                i
-                for i in range(record.layer, len(cache.layers))
-                if not isinstance(cache.layers[i], DummyLayer) and cache.layers[i].get_seq_length() > 0
-            ),
-            None,
-        )
-        causal_mask = None
-        if reference is not None:
-            causal_mask = create_causal_mask(
-                config=self.config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=mask,
-                past_key_values=cache,
-                position_ids=positions,
-                layer_idx=reference,
-            )
-        return record.layer, {
-            "attention_mask": causal_mask,
-            "position_ids": positions,
-            "position_embeddings": self.rotary_emb(inputs_embeds, position_ids=positions),
-        }
+            if reduction.image_mask is None or not bool(reduction.image_mask.any()):
+                return {}
+            actions = {}
+            if reduction.llavolta is not None:
+                actions[reduction.llavolta.layer] = "llavolta"
+            if reduction.illava_llm is not None:
+                actions.update({k: "illava" for k in reduction.illava_llm.layers})
+            return actions
+        actions, mask, removed = {}, attention_mask, 0
+        for i, record in enumerate(reduction.records):
+            removed += record.removed if record.renumber else 0
+            positions = position_ids - removed
+            mask = record.compress_mask(mask) if mask is not None else None
+            end = reduction.records[i + 1].layer if i + 1 < len(reduction.records) else len(cache.layers)
+            reference = next((j for j in range(record.layer, end) if not isinstance(cache.layers[j], DummyLayer)), None)
+            causal_mask = None
+            if reference is not None:
+                causal_mask = create_causal_mask(
+                    config=self.config,
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=mask,
+                    past_key_values=cache,
+                    position_ids=positions,
+                    layer_idx=reference,
+                )
+            actions[record.layer] = {
+                "attention_mask": causal_mask,
+                "position_ids": positions,
+                "position_embeddings": self.rotary_emb(inputs_embeds, position_ids=positions),
+            }
+        return actions
 
-    def _pool(self, pooling, hidden_states, attention_mask, position_ids, scheduling):
-        """LLaVolta at prefill: average-pool each image's tokens; returns the pooled stream and its mask/positions."""
-        settings = pooling.settings
-        layout = plan_pooling(pooling.image_mask.to(hidden_states.device), settings.stride)
-        hidden_states = layout.pool(hidden_states)
-        mask = layout.select(attention_mask) if attention_mask is not None else None
-        positions = layout.positions(position_ids, settings.position_mode, mask)
-        if scheduling is not None and scheduling.positions is not None and scheduling.plan is None:
-            # The scheduler reads the <latency> token (a text token, never pooled) at its new index.
-            scheduling.positions = layout.group.gather(1, scheduling.positions.to(layout.group.device)[:, None])[:, 0]
-        pooling.record = PoolingRecord(settings.layer, settings.position_mode, layout)
+    def _reduce(self, kind, layer, reduction, hidden_states, stream, scheduling, layer_kwargs) -> torch.Tensor:
+        """Reduce the image tokens at this layer's input (prefill), and everything that indexes the sequence."""
+        image_mask = reduction.image_mask.to(hidden_states.device)
+        mask, positions = stream["attention_mask"], stream["position_ids"]
+        if kind == "llavolta":
+            settings = reduction.llavolta
+            layout = plan_pooling(image_mask, settings.stride)
+            hidden_states, kept = layout.pool(hidden_states), layout.first
+            mask = layout.select(mask) if mask is not None else None
+            positions = layout.positions(positions, settings.position_mode, mask)
+            renumber = settings.position_mode == "renumber"
+            record = ReductionRecord("llavolta", layer, kept, layout.source_length, renumber, layout)
+        else:
+            if self.training:
+                raise ValueError("iLLaVA merging is inference-only: disable enable_illava_llm to train.")
+            merged = illava_merge(hidden_states, image_mask, stream["scores"], reduction.illava_llm.keep)
+            if merged is None:
+                return hidden_states
+            length = hidden_states.shape[1]
+            hidden_states, kept = merged
+            mask = mask.gather(1, kept) if mask is not None else None
+            positions = positions.expand(kept.shape[0], -1).gather(1, kept)  # original positions: gaps remain
+            record = ReductionRecord("illava", layer, kept, length)
+        reduction.records.append(record)
+        reduction.image_mask = image_mask.gather(1, kept)
+        if stream.get("query") is not None:  # a text token: never reduced
+            stream["query"] = (kept < stream["query"].to(kept.device)[:, None]).sum(dim=1)
+        if stream.get("latency") is not None:
+            # The <latency> token is text, never reduced: follow it to its new index (the scheduler reads it there).
+            stream["latency"] = (kept < stream["latency"].to(kept.device)[:, None]).sum(dim=1)
+            if scheduling is not None and scheduling.plan is None:
+                scheduling.positions = stream["latency"]
+        stream["attention_mask"], stream["position_ids"] = mask, positions
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden_states,
             attention_mask=mask,
-            past_key_values=None,  # a pooled prefill starts from an empty cache
-            position_ids=None,  # the pooled ids have gaps, which the mask would take for packed sequences
+            past_key_values=None,  # a reduced prefill starts from an empty cache
+            position_ids=None,  # reduced ids have gaps, which the mask would take for packed sequences
         )
-        return hidden_states, {
-            "attention_mask": causal_mask,
-            "position_ids": positions,
-            "position_embeddings": self.rotary_emb(hidden_states, position_ids=positions),
-        }
+        layer_kwargs.update(
+            attention_mask=causal_mask,
+            position_ids=positions,
+            position_embeddings=self.rotary_emb(hidden_states, position_ids=positions),
+        )
+        return hidden_states
+
+    def _illava_scores(self, layer, hidden_states, stream, layer_kwargs) -> torch.Tensor:
+        """The attention each token receives from the last prompt token (before any <latency>) in `layer`."""
+        normed = layer.input_layernorm(hidden_states)
+        query = stream["query"].to(hidden_states.device)
+        return last_token_attention(
+            layer.self_attn, normed, layer_kwargs["position_embeddings"], stream["attention_mask"], query
+        )
 
     def _layer_plan(self, plan: ExecutionPlan, idx: int, layer: nn.Module, cache: Cache | None):
         """The recipe for one layer, built once per request in eval mode (sliced weights included)."""
@@ -358,6 +408,10 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         llavolta_layer: int | None = None,
         llavolta_stride: int | None = None,
         llavolta_position_mode: str | None = None,
+        enable_illava_llm: bool | None = None,
+        illava_llm_k: int | list[int] | str | None = None,
+        illava_llm_r: float | int | None = None,
+        prompt_length: int | None = None,
         **kwargs,
     ) -> AdaLlavaModelOutputWithPast:
         scheduling = self._scheduling_state(
@@ -368,8 +422,11 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
             llavolta_layer=llavolta_layer,
             llavolta_stride=llavolta_stride,
             llavolta_position_mode=llavolta_position_mode,
+            enable_illava_llm=enable_illava_llm,
+            illava_llm_k=illava_llm_k,
+            illava_llm_r=illava_llm_r,
         )
-        pooling = self._pooling_state(input_ids, overrides, past_key_values)
+        reduction = self._reduction_state(input_ids, overrides, past_key_values, prompt_length)
         outputs = super().forward(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -383,34 +440,43 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
             mm_encoder_outputs=mm_encoder_outputs,
             scheduling=scheduling,
             num_prefix_layers=self.config.num_prefix_layers,
-            pooling=pooling,
+            reduction=reduction,
             return_dict=True,
             **kwargs,
         )
         return AdaLlavaModelOutputWithPast(
             **outputs,
             execution_plan=scheduling.plan if scheduling is not None else None,
-            token_pooling=pooling.record if pooling is not None else None,
+            token_reductions=tuple(reduction.records) if reduction is not None and reduction.records else None,
         )
 
-    def _pooling_state(self, input_ids, overrides: dict, cache) -> PoolingState | None:
-        """LLaVolta settings for this call; pooling happens at prefill, and decoding follows the cache's record."""
-        settings = llavolta_settings(self.config, overrides)
+    def _reduction_state(self, input_ids, overrides: dict, cache, prompt_length=None) -> ReductionState | None:
+        """Token-reduction settings for this call (applied at prefill; decoding follows the cache's records)."""
+        llavolta = llavolta_settings(self.config, overrides)
+        illava = illava_llm_settings(self.config, overrides)
+        if llavolta is not None and illava is not None:
+            raise ValueError(
+                "LLaVolta pooling and iLLaVA LLM merging cannot be combined: LLaVolta pools fixed windows of the full "
+                "image grid, which iLLaVA merging breaks up. Enable one of them."
+            )
+        if illava is not None and self.training:
+            raise ValueError("iLLaVA merging is inference-only: disable enable_illava_llm to train.")
         cache_length = cache.get_seq_length() if cache is not None else 0
-        record = getattr(cache, "ada_pooling", None) if cache_length > 0 else None
+        records = list(getattr(cache, "ada_reductions", None) or []) if cache_length > 0 else []
         image_mask = input_ids == self.config.image_token_id if input_ids is not None else None
-        if settings is not None and input_ids is None and cache_length == 0:
+        active = llavolta is not None or illava is not None
+        if active and input_ids is None and cache_length == 0:
             raise ValueError(
-                "LLaVolta pooling finds image tokens in `input_ids`; pass `input_ids`, not `inputs_embeds`."
+                "Token reduction finds image tokens in `input_ids`; pass `input_ids`, not `inputs_embeds`."
             )
-        if settings is not None and cache_length > 0 and image_mask is not None and image_mask.any():
+        if active and cache_length > 0 and image_mask is not None and image_mask.any():
             raise ValueError(
-                "LLaVolta pools image tokens at prefill, but these image tokens continue a non-empty cache. Start "
-                "from a fresh cache, or turn pooling off (llavolta_grouping='none') for this call."
+                "Image tokens are reduced at prefill, but these image tokens continue a non-empty cache. Start from a "
+                "fresh cache, or turn token reduction off for this call."
             )
-        if settings is None and record is None:
+        if not active and not records:
             return None
-        return PoolingState(settings, image_mask, record)
+        return ReductionState(llavolta, illava, image_mask, records, prompt_length=prompt_length)
 
     def _scheduling_state(self, input_ids, inputs_embeds, latency, num_units, execution_plan, cache):
         """Apply the one rule: the scheduler runs exactly when `input_ids` holds one `<latency>` token per row."""
@@ -551,6 +617,10 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         llavolta_layer: int | None = None,
         llavolta_stride: int | None = None,
         llavolta_position_mode: str | None = None,
+        enable_illava_llm: bool | None = None,
+        illava_llm_k: int | list[int] | str | None = None,
+        illava_llm_r: float | int | None = None,
+        prompt_length: int | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AdaLlavaCausalLMOutputWithPast | tuple:
@@ -565,6 +635,11 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         llavolta_grouping, llavolta_layer, llavolta_stride, llavolta_position_mode:
             Per-call overrides of the config's LLaVolta settings (`"avgpool1d"` pools each image's tokens by
             `llavolta_stride` at the input of decoder layer `llavolta_layer`). Labels are pooled to match.
+        enable_illava_llm, illava_llm_k, illava_llm_r:
+            Per-call overrides of iLLaVA's LLM-stage merging (inference only).
+        prompt_length (`int`, *optional*):
+            Length of the prompt within `input_ids` (`generate` sets it): iLLaVA scores image tokens by the attention
+            of the prompt's last token, also when later tokens are recomputed without a cache.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -584,14 +659,18 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             llavolta_layer=llavolta_layer,
             llavolta_stride=llavolta_stride,
             llavolta_position_mode=llavolta_position_mode,
+            enable_illava_llm=enable_illava_llm,
+            illava_llm_k=illava_llm_k,
+            illava_llm_r=illava_llm_r,
+            prompt_length=prompt_length,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
         loss = None
-        pooled = outputs.token_pooling
-        if labels is not None and pooled is not None and labels.shape[1] == pooled.layout.source_length:
-            labels = pooled.layout.select(labels.to(pooled.layout.first.device))  # pooled image windows: ignored
+        for record in outputs.token_reductions or ():
+            if labels is not None and labels.shape[1] == record.source_length:  # a pooled window's label: ignored
+                labels = labels.to(record.kept.device).gather(1, record.kept)
         if labels is not None:
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
@@ -604,7 +683,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
             execution_plan=outputs.execution_plan,
-            token_pooling=outputs.token_pooling,
+            token_reductions=outputs.token_reductions,
         )
         return output.to_tuple() if return_dict is False else output
 
@@ -665,6 +744,8 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             self.scheduler.resolve_units(input_ids.shape[0], self.dtype, self.device, latency, num_units)
             input_ids, kwargs, appended = self._append_latency_token(input_ids, kwargs)
             kwargs["latency"], kwargs["num_units"] = latency, num_units
+        if input_ids is not None:
+            kwargs.setdefault("prompt_length", input_ids.shape[1] - (1 if appended else 0))
         plans: list = []
         token = _GENERATION_PLANS.set(plans)
         try:

@@ -3,7 +3,7 @@ each image's visual tokens are average-pooled in 1-D windows of `stride` tokens;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -132,28 +132,145 @@ def plan_pooling(image_mask: torch.Tensor, stride: int) -> PooledLayout:
 
 
 @dataclass
-class PoolingRecord:
-    """What decoding needs after a pooled prefill: where pooling happened and how the prefill was shortened."""
+class ReductionRecord:
+    """One reduction of the LLM sequence at a layer's input, as decoding needs it: which entries of the stage's input
+    survive (for a pooled window, its first token), and whether positions were renumbered."""
 
+    kind: str  # "llavolta" or "illava"
     layer: int
-    position_mode: str
-    layout: PooledLayout
+    kept: torch.Tensor  # [B, L_out] index into the stage's input sequence
+    source_length: int
+    renumber: bool = False
+    layout: PooledLayout | None = None  # LLaVolta: how windows were pooled (labels are pooled the same way)
+
+    @property
+    def length(self) -> int:
+        return self.kept.shape[1]
 
     @property
     def removed(self) -> int:
-        return self.layout.source_length - self.layout.length
+        return self.source_length - self.length
 
     def compress_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """A full-length 2-D mask (prefill + decoded tokens) -> the pooled layers' mask."""
-        prefill = self.layout.select(attention_mask[:, : self.layout.source_length])
-        return torch.cat([prefill, attention_mask[:, self.layout.source_length :]], dim=1)
+        """A 2-D mask over the stage's input (prefill, then decoded tokens) -> the mask after this reduction."""
+        prefill = attention_mask[:, : self.source_length].gather(1, self.kept.to(attention_mask.device))
+        return torch.cat([prefill, attention_mask[:, self.source_length :]], dim=1)
 
 
 @dataclass
-class PoolingState:
-    """Handed to the decoder loop: the settings in force, this input's image tokens, and the record of the pooled
-    prefill (set by the loop at prefill, read back from the cache when decoding)."""
+class ReductionState:
+    """Handed to the decoder loop: the settings in force and this input's image tokens; the loop appends a record per
+    reduction at prefill, and decoding reads the records back from the cache."""
 
-    settings: LlavoltaSettings | None
+    llavolta: LlavoltaSettings | None = None
+    illava_llm: IllavaLlmSettings | None = None
     image_mask: torch.Tensor | None = None
-    record: PoolingRecord | None = None
+    records: list[ReductionRecord] = field(default_factory=list)
+    prompt_length: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# iLLaVA, LLM stage (LLAVOLTA_ILLAVA.md B.4, B.8)
+ILLAVA_LLM_FIELDS = ("enable_illava_llm", "illava_llm_k", "illava_llm_r")
+
+
+@dataclass(frozen=True)
+class IllavaLlmSettings:
+    """Before each decoder layer in `layers`, the image tokens least attended by the last prompt token (in the layer
+    before) collapse into one; `keep` is a keep ratio (float) or a count of tokens removed (int > 1)."""
+
+    layers: tuple[int, ...]
+    keep: float | int
+
+
+def parse_layers(value) -> tuple[int, ...]:
+    """`8`, `[6, 7, 8]` or iLLaVA's string form `"6-7-8"` -> a sorted tuple of layer indices."""
+    if isinstance(value, str):
+        try:
+            return tuple(sorted(int(part) for part in value.split("-")))
+        except ValueError:
+            raise ValueError(f"Cannot read the layer list {value!r}: use e.g. 8, [6, 7, 8] or '6-7-8'.") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(sorted(value))
+    raise ValueError(f"Cannot read the layer list {value!r}: use e.g. 8, [6, 7, 8] or '6-7-8'.")
+
+
+def illava_llm_settings(config, overrides: dict | None = None) -> IllavaLlmSettings | None:
+    values = {name: getattr(config, name, None) for name in ILLAVA_LLM_FIELDS}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if not values["enable_illava_llm"]:
+        return None
+    layers = parse_layers(values["illava_llm_k"])
+    num_layers = config.text_config.num_hidden_layers
+    if not layers or any(not 1 <= k < num_layers for k in layers):
+        raise ValueError(
+            f"illava_llm_k={values['illava_llm_k']!r} must list decoder layers in [1, {num_layers}): tokens are "
+            "merged at a layer's input, scored by the attention of the layer before it."
+        )
+    keep = values["illava_llm_r"]
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+        raise ValueError(f"illava_llm_r={keep!r} must be a keep ratio in (0, 1] or a count (int > 1) to remove.")
+    if isinstance(keep, int) and keep == 1:
+        raise ValueError("illava_llm_r=1 is ambiguous: write 1.0 to keep every token, or an int > 1 to remove.")
+    if (isinstance(keep, float) and not 0.0 < keep <= 1.0) or (isinstance(keep, int) and keep < 1):
+        raise ValueError(f"illava_llm_r={keep!r} must be a keep ratio in (0, 1] or a count (int > 1) to remove.")
+    return IllavaLlmSettings(layers, keep)
+
+
+def tokens_to_remove(keep: float | int, count: int) -> int:
+    removed = round(count * (1 - keep)) if isinstance(keep, float) else keep
+    if removed >= count:
+        raise ValueError(f"illava_llm_r={keep!r} would remove {removed} of {count} image tokens: keep at least one.")
+    return removed
+
+
+def last_token_attention(
+    attention, hidden: torch.Tensor, position_embeddings, attention_mask: torch.Tensor | None, query: torch.Tensor
+) -> torch.Tensor:
+    """`[B, L]`: attention from token `query[b]` to every token in `attention` (a LlamaAttention), averaged over
+    heads; one query row computed directly (the causal row sees every earlier key), whatever kernel the layer uses."""
+    from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
+
+    batch, length, _ = hidden.shape
+    rows = torch.arange(batch, device=hidden.device)
+    q = attention.q_proj(hidden[rows, query]).view(batch, -1, 1, attention.head_dim)
+    k = attention.k_proj(hidden).view(batch, length, -1, attention.head_dim).transpose(1, 2)
+    cos, sin = (t.expand(batch, -1, -1) for t in position_embeddings)
+    q = q * cos[rows, query][:, None, None] + rotate_half(q) * sin[rows, query][:, None, None]
+    k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+    k = repeat_kv(k, attention.num_key_value_groups)
+    scores = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) * attention.scaling  # [B, H, L]
+    visible = torch.arange(length, device=hidden.device)[None] <= query[:, None]
+    if attention_mask is not None:
+        visible = visible & attention_mask.bool()
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+def illava_merge(hidden: torch.Tensor, image_mask: torch.Tensor, scores: torch.Tensor, keep: float | int):
+    """iLLaVA's LLM-stage merge, per row: the `r + 1` least attended image tokens collapse into the most attended of
+    them with weights 1..r+1 (the least attended weighs most, as the original); the other `r` are dropped.
+    Returns the reduced hidden states and the kept indices (sorted), or None when nothing is removed."""
+    counts = image_mask.sum(dim=1)
+    if (counts != counts[0]).any():
+        raise ValueError(f"iLLaVA merging needs the same number of image tokens per row, got {counts.tolist()}.")
+    count = int(counts[0])
+    removed = tokens_to_remove(keep, count)
+    if removed == 0 or count == 0:
+        return None
+    batch, length = image_mask.shape
+    positions = torch.arange(length, device=hidden.device).expand(batch, -1)
+    image_index = positions[image_mask].view(batch, count)  # image tokens in order
+    order = scores.gather(1, image_index).argsort(dim=1, descending=True, stable=True)  # most attended first
+    group = order[:, count - removed - 1 :]  # the r + 1 least attended, from most to least attended
+    weights = torch.arange(1, removed + 2, dtype=torch.float64, device=hidden.device)
+    members = hidden.gather(1, image_index.gather(1, group)[..., None].expand(-1, -1, hidden.shape[-1]))
+    merged = (members.double() * weights[None, :, None]).sum(1) / weights.sum()
+    anchor = image_index.gather(1, group[:, :1])[:, 0]
+    rows = torch.arange(batch, device=hidden.device)
+    hidden = hidden.index_put((rows, anchor), merged.to(hidden.dtype))
+    dropped = torch.zeros_like(image_mask).scatter(1, image_index.gather(1, group[:, 1:]), True)
+    kept = positions[~dropped].view(batch, length - removed)
+    return hidden.gather(1, kept[..., None].expand(-1, -1, hidden.shape[-1])), kept

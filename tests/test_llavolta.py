@@ -168,7 +168,7 @@ def test_training_pools_the_labels():
     out.loss.backward()
     assert model.scheduler.mlp_head.weight.grad.abs().sum() > 0
     # The loss is the unpooled loss over the same answer tokens (the text positions and their labels are kept).
-    pooled_labels = out.token_pooling.layout.select(labels)
+    pooled_labels = labels.gather(1, out.token_reductions[0].kept)
     assert pooled_labels[0, -3:].tolist() == answer.tolist() and (pooled_labels != -100).sum() == 3
 
 
@@ -183,7 +183,7 @@ def test_presets_and_config_defaults(tmp_path):
     assert heavy.config.llavolta_stride == 8
     with torch.no_grad():
         out = heavy(input_ids=prompt()[None], pixel_values=pixels())
-    assert out.token_pooling.layout.length == prompt().shape[0] - IMAGE_TOKENS + 2
+    assert out.token_reductions[0].length == prompt().shape[0] - IMAGE_TOKENS + 2
 
 
 # ---------------------------------------------------------------------------------------------------------------------
