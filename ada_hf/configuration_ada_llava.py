@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import LlavaConfig
 
 from .token_reduction import LLAVOLTA_FIELDS, illava_llm_settings, validate_llavolta
+from .vision_merging import illava_vit_settings
 
 # Stamped into every saved config so a checkpoint says which code wrote it.
 ADA_HF_CODE_VERSION = "0.1.0"
@@ -47,6 +48,16 @@ class AdaLlavaConfig(LlavaConfig):
         llavolta_position_mode (`str`, *optional*, defaults to `"trunc_mean"`):
             Position id of a pooled token: `trunc_mean` (floor of the window's mean position), `trunc_mean_fp16`
             (the original bit for bit), `float_mean`, `first`, or `renumber` (contiguous).
+        enable_illava_vit (`bool`, *optional*, defaults to `False`):
+            iLLaVA's vision-encoder merging: at each CLIP layer in `illava_vit_k`, after attention and before the MLP,
+            the `illava_vit_r + 1` least attended patches collapse into one. The LLM receives fewer image tokens;
+            `generate` shortens the prompt's image placeholders to match.
+        illava_vit_k (`int`, `list[int]` or `str`, *optional*, defaults to `"5-6-7-8"`):
+            CLIP layers (0-based) where patches merge, up to the layer that produces the feature (22 of 24).
+        illava_vit_r (`int` or `float`, *optional*, defaults to 72):
+            Patches removed per listed layer, or a fraction of the current patch count.
+        illava_track_vit_source (`bool`, *optional*, defaults to `False`):
+            Return, per merge layer, which original patches survive (`vit_sources` in the outputs).
         enable_illava_llm (`bool`, *optional*, defaults to `False`):
             iLLaVA's LLM-stage merging (inference only): before each layer in `illava_llm_k`, the image tokens the
             last prompt token attends to least (in the layer before) collapse into one.
@@ -70,6 +81,10 @@ class AdaLlavaConfig(LlavaConfig):
     llavolta_layer: int = 2
     llavolta_stride: int = 1
     llavolta_position_mode: str = "trunc_mean"
+    enable_illava_vit: bool = False
+    illava_vit_k: int | list[int] | str = "5-6-7-8"
+    illava_vit_r: int | float = 72
+    illava_track_vit_source: bool = False
     enable_illava_llm: bool = False
     illava_llm_k: int | list[int] | str = 8
     illava_llm_r: float | int = 0.7
@@ -85,6 +100,7 @@ class AdaLlavaConfig(LlavaConfig):
             self.image_seq_length,
         )
         illava_llm_settings(self)
+        illava_vit_settings(self)
 
     def validate_scheduler(self) -> None:
         """Raise a ValueError naming the bad field if the scheduler settings cannot describe a valid model."""

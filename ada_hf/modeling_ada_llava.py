@@ -12,7 +12,7 @@ from transformers import GenerationMixin
 from transformers.cache_utils import Cache, DummyLayer, DynamicCache
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.auto import AutoModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaModel
@@ -32,6 +32,13 @@ from .execution_plan import SKIP, ExecutionPlan
 from .latency_scheduler import LatencyScheduler
 from .planned_layer import build_layer_plan, planned_decoder_layer
 from .processing_ada_llava import AdaLlavaProcessor  # noqa: F401  (copied beside saved models for auto_map)
+from .vision_merging import (
+    clip_forward_with_merging,
+    collapse_image_tokens,
+    feature_layer_index,
+    illava_vit_settings,
+    merged_patch_count,
+)
 from .token_reduction import (
     ReductionRecord,
     ReductionState,
@@ -65,10 +72,14 @@ class _CarriesPlan:
     token_reductions (`tuple[ReductionRecord]`, *optional*):
         Each reduction of the image tokens (LLaVolta pooling, iLLaVA merging) and the entries it kept; after one,
         logits cover the reduced sequence.
+    vit_sources (`tuple[torch.Tensor]`, *optional*):
+        With `illava_track_vit_source`: per vision-encoder merge layer, the original patch indices (0..575, raster
+        order) that survive it, `[num_images, patches]`.
     """
 
     execution_plan: ExecutionPlan | None = None
     token_reductions: tuple[ReductionRecord, ...] | None = None
+    vit_sources: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -412,8 +423,19 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         illava_llm_k: int | list[int] | str | None = None,
         illava_llm_r: float | int | None = None,
         prompt_length: int | None = None,
+        enable_illava_vit: bool | None = None,
+        illava_vit_k: int | list[int] | str | None = None,
+        illava_vit_r: int | float | None = None,
         **kwargs,
     ) -> AdaLlavaModelOutputWithPast:
+        vit_overrides = dict(enable_illava_vit=enable_illava_vit, illava_vit_k=illava_vit_k, illava_vit_r=illava_vit_r)
+        vit = illava_vit_settings(self.config, vit_overrides)
+        if vit is not None and pixel_values is not None and mm_encoder_outputs is None:
+            mm_encoder_outputs = {"image": self.get_image_features(pixel_values, illava_vit=vit)}
+            pixel_values = None
+        image_features = (mm_encoder_outputs or {}).get("image")
+        if image_features is not None and input_ids is not None:
+            self._check_placeholders(input_ids, image_features)
         scheduling = self._scheduling_state(
             input_ids, inputs_embeds, latency, num_units, execution_plan, past_key_values
         )
@@ -448,7 +470,45 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
             **outputs,
             execution_plan=scheduling.plan if scheduling is not None else None,
             token_reductions=tuple(reduction.records) if reduction is not None and reduction.records else None,
+            vit_sources=getattr(image_features, "vit_sources", None) if image_features is not None else None,
         )
+
+    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None,
+                           image_sizes=None, illava_vit="config", **kwargs):  # fmt: skip
+        """`LlavaModel.get_image_features`; with iLLaVA vision merging (`illava_vit`: settings, or "config" for the
+        config's) the CLIP tower merges patches on the way and stops at the feature layer."""
+        settings = illava_vit_settings(self.config) if illava_vit == "config" else illava_vit
+        if settings is None:
+            return super().get_image_features(
+                pixel_values,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                image_sizes=image_sizes,
+                **kwargs,
+            )
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        last = feature_layer_index(layer, self.config.vision_config.num_hidden_layers)
+        hidden, sources = clip_forward_with_merging(self.vision_tower, pixel_values, last, settings)
+        if strategy == "default":
+            hidden = hidden[:, 1:]
+        features = self.multi_modal_projector(hidden)
+        output = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=list(features))
+        if self.config.illava_track_vit_source:
+            output.vit_sources = tuple(sources)
+        return output
+
+    def _check_placeholders(self, input_ids, image_features) -> None:
+        """A clear error when the prompt's image placeholders do not match the (possibly merged) features."""
+        features = image_features.pooler_output
+        per_image = features[0].shape[0] if len(features) else 0
+        count = int((input_ids == self.config.image_token_id).sum())
+        if count != sum(f.shape[0] for f in features):
+            raise ValueError(
+                f"input_ids hold {count} image tokens for {len(features)} image(s) of {per_image} features each. With "
+                "iLLaVA vision merging the LLM receives fewer image tokens than the processor wrote: use generate "
+                "(it shortens the placeholders) or ada_hf.vision_merging.collapse_image_tokens on input_ids."
+            )
 
     def _reduction_state(self, input_ids, overrides: dict, cache, prompt_length=None) -> ReductionState | None:
         """Token-reduction settings for this call (applied at prefill; decoding follows the cache's records)."""
@@ -621,6 +681,9 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         illava_llm_k: int | list[int] | str | None = None,
         illava_llm_r: float | int | None = None,
         prompt_length: int | None = None,
+        enable_illava_vit: bool | None = None,
+        illava_vit_k: int | list[int] | str | None = None,
+        illava_vit_r: int | float | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AdaLlavaCausalLMOutputWithPast | tuple:
@@ -663,6 +726,9 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             illava_llm_k=illava_llm_k,
             illava_llm_r=illava_llm_r,
             prompt_length=prompt_length,
+            enable_illava_vit=enable_illava_vit,
+            illava_vit_k=illava_vit_k,
+            illava_vit_r=illava_vit_r,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
@@ -684,6 +750,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             image_hidden_states=outputs.image_hidden_states,
             execution_plan=outputs.execution_plan,
             token_reductions=outputs.token_reductions,
+            vit_sources=outputs.vit_sources,
         )
         return output.to_tuple() if return_dict is False else output
 
@@ -734,6 +801,10 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             raise ValueError(
                 "This model has no latency scheduler (config.scheduler_type is None); drop `latency`/`num_units`."
             )
+        vit = illava_vit_settings(self.config, {k: kwargs.get(k) for k in ("enable_illava_vit", "illava_vit_k",
+                                                                          "illava_vit_r")})  # fmt: skip
+        if vit is not None and input_ids is not None:
+            input_ids, kwargs = self._collapse_for_vision_merging(input_ids, kwargs, vit)
         appended = False
         if budget_given:
             if input_ids is None:
@@ -763,6 +834,29 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         if plan is None:
             return output
         return _with_plan_report(output, plan, batch_size)
+
+    def _collapse_for_vision_merging(self, input_ids, kwargs: dict, vit):
+        """Prompts carry a full grid of placeholders per image; vision merging leaves fewer features: shorten each
+        run to match (re-padding on the left) and encode the images here, with the settings of this call."""
+        vision = self.config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        cls = 1 if self.config.vision_feature_select_strategy == "full" else 0
+        per_image, merged = patches + cls, merged_patch_count(vit, patches) + cls
+        if merged != per_image and (input_ids == self.config.image_token_id).sum() % per_image == 0:
+            pad = self.config.text_config.pad_token_id
+            pad = pad if pad is not None else self.generation_config.pad_token_id
+            if pad is None:
+                raise ValueError(
+                    "Shortening image placeholders needs a pad token id (config.text_config.pad_token_id)."
+                )
+            input_ids, mask = collapse_image_tokens(
+                input_ids, kwargs.get("attention_mask"), self.config.image_token_id, per_image, merged, pad
+            )
+            kwargs = {**kwargs, "attention_mask": mask}
+        if kwargs.get("pixel_values") is not None and kwargs.get("mm_encoder_outputs") is None:
+            pixel_values = kwargs.pop("pixel_values")
+            kwargs["mm_encoder_outputs"] = {"image": self.model.get_image_features(pixel_values, illava_vit=vit)}
+        return input_ids, kwargs
 
     def _append_latency_token(self, input_ids: torch.Tensor, kwargs: dict):
         token_id = self.config.latency_token_id
