@@ -33,6 +33,7 @@ from .latency_scheduler import LatencyScheduler
 from .planned_layer import build_layer_plan, planned_decoder_layer
 from .processing_ada_llava import AdaLlavaProcessor  # noqa: F401  (copied beside saved models for auto_map)
 from .vision_merging import (
+    ILLAVA_VIT_FIELDS,
     clip_forward_with_merging,
     collapse_image_tokens,
     feature_layer_index,
@@ -41,6 +42,7 @@ from .vision_merging import (
 )
 from .token_reduction import (
     ReductionRecord,
+    expand_preset,
     ReductionState,
     illava_llm_settings,
     illava_merge,
@@ -684,6 +686,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         enable_illava_vit: bool | None = None,
         illava_vit_k: int | list[int] | str | None = None,
         illava_vit_r: int | float | None = None,
+        token_reduction: str | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AdaLlavaCausalLMOutputWithPast | tuple:
@@ -700,10 +703,28 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             `llavolta_stride` at the input of decoder layer `llavolta_layer`). Labels are pooled to match.
         enable_illava_llm, illava_llm_k, illava_llm_r:
             Per-call overrides of iLLaVA's LLM-stage merging (inference only).
+        token_reduction (`str`, *optional*):
+            A preset of published settings by name (`TOKEN_REDUCTION_PRESETS`: "llavolta-heavy", "llavolta-light",
+            "illava-image", "illava-video"); flags given explicitly win.
         prompt_length (`int`, *optional*):
             Length of the prompt within `input_ids` (`generate` sets it): iLLaVA scores image tokens by the attention
             of the prompt's last token, also when later tokens are recomputed without a cache.
         """
+        flags = expand_preset(
+            token_reduction,
+            dict(
+                llavolta_grouping=llavolta_grouping,
+                llavolta_layer=llavolta_layer,
+                llavolta_stride=llavolta_stride,
+                llavolta_position_mode=llavolta_position_mode,
+                enable_illava_llm=enable_illava_llm,
+                illava_llm_k=illava_llm_k,
+                illava_llm_r=illava_llm_r,
+                enable_illava_vit=enable_illava_vit,
+                illava_vit_k=illava_vit_k,
+                illava_vit_r=illava_vit_r,
+            ),
+        )
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -718,17 +739,8 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             latency=latency,
             num_units=num_units,
             execution_plan=execution_plan,
-            llavolta_grouping=llavolta_grouping,
-            llavolta_layer=llavolta_layer,
-            llavolta_stride=llavolta_stride,
-            llavolta_position_mode=llavolta_position_mode,
-            enable_illava_llm=enable_illava_llm,
-            illava_llm_k=illava_llm_k,
-            illava_llm_r=illava_llm_r,
             prompt_length=prompt_length,
-            enable_illava_vit=enable_illava_vit,
-            illava_vit_k=illava_vit_k,
-            illava_vit_r=illava_vit_r,
+            **flags,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
@@ -801,8 +813,9 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             raise ValueError(
                 "This model has no latency scheduler (config.scheduler_type is None); drop `latency`/`num_units`."
             )
-        vit = illava_vit_settings(self.config, {k: kwargs.get(k) for k in ("enable_illava_vit", "illava_vit_k",
-                                                                          "illava_vit_r")})  # fmt: skip
+        if kwargs.get("token_reduction") is not None:  # expand here: generate must see the vision-merging flags
+            kwargs = expand_preset(kwargs.pop("token_reduction"), kwargs)
+        vit = illava_vit_settings(self.config, {k: kwargs.get(k) for k in ILLAVA_VIT_FIELDS})
         if vit is not None and input_ids is not None:
             input_ids, kwargs = self._collapse_for_vision_merging(input_ids, kwargs, vit)
         appended = False

@@ -9,11 +9,32 @@ import torch
 
 LLAVOLTA_GROUPINGS = ("none", "avgpool1d")
 LLAVOLTA_POSITION_MODES = ("trunc_mean", "trunc_mean_fp16", "float_mean", "first", "renumber")
-# The published single-stage settings (LLaVolta's heavy- and light-compression variants).
+# Published settings, selectable by name (`token_reduction="..."`): LLaVolta's heavy- and light-compression variants
+# (LLAVOLTA_ILLAVA.md A.2.3), and iLLaVA's image and video settings mapped to CLIP-L/336 (B.2.2, B.8: 92 of 729 SigLIP
+# tokens per layer becomes 72 of 576 CLIP patches, half the image tokens after four layers).
 TOKEN_REDUCTION_PRESETS = {
     "llavolta-heavy": {"llavolta_grouping": "avgpool1d", "llavolta_layer": 2, "llavolta_stride": 8},
     "llavolta-light": {"llavolta_grouping": "avgpool1d", "llavolta_layer": 16, "llavolta_stride": 8},
-}
+    "illava-image": {
+        "enable_illava_vit": True, "illava_vit_k": "5-6-7-8", "illava_vit_r": 72,
+        "enable_illava_llm": True, "illava_llm_k": 8, "illava_llm_r": 0.7,
+    },
+    "illava-video": {
+        "enable_illava_vit": True, "illava_vit_k": "3-4-5-6", "illava_vit_r": 72,
+        "enable_illava_llm": True, "illava_llm_k": 2, "illava_llm_r": 0.7,
+    },
+}  # fmt: skip
+
+
+def expand_preset(name: str | None, flags: dict) -> dict:
+    """`flags` with the preset's values filled in where a flag was not given explicitly."""
+    if name is None:
+        return flags
+    if name not in TOKEN_REDUCTION_PRESETS:
+        raise ValueError(f"token_reduction={name!r} is not a preset: use one of {sorted(TOKEN_REDUCTION_PRESETS)}.")
+    return {**TOKEN_REDUCTION_PRESETS[name], **{k: v for k, v in flags.items() if v is not None}}
+
+
 LLAVOLTA_FIELDS = ("llavolta_grouping", "llavolta_layer", "llavolta_stride", "llavolta_position_mode")
 
 

@@ -116,3 +116,29 @@ def test_bad_settings(kwargs, message):
     model = vit_model()
     with pytest.raises(ValueError, match=message):
         model.generate(input_ids=prompt()[None], pixel_values=pixels(), max_new_tokens=1, **{**VIT, **kwargs})
+
+
+def test_presets_by_name():
+    from ada_hf.token_reduction import TOKEN_REDUCTION_PRESETS
+
+    assert set(TOKEN_REDUCTION_PRESETS) == {"llavolta-heavy", "llavolta-light", "illava-image", "illava-video"}
+    model = vit_model()
+    # The published layers do not exist in the tiny tower: the preset's values reach the validation.
+    with pytest.raises(ValueError, match=r"illava_vit_k='5-6-7-8' must list CLIP layers"):
+        model.generate(
+            input_ids=prompt()[None], pixel_values=pixels(), max_new_tokens=1, token_reduction="illava-image"
+        )
+    with pytest.raises(ValueError, match="is not a preset"):
+        model(input_ids=prompt()[None], pixel_values=pixels(), token_reduction="fastv")
+    # Explicit flags win over the preset's.
+    out = model.generate(
+        input_ids=prompt()[None],
+        pixel_values=pixels(),
+        max_new_tokens=1,
+        token_reduction="illava-image",
+        illava_vit_k="1-2",
+        illava_vit_r=3,
+        illava_llm_k=2,
+        return_dict_in_generate=True,
+    )
+    assert int((out.sequences == IMAGE_ID).sum()) == MERGED
