@@ -41,6 +41,7 @@ from .vision_merging import (
     merged_patch_count,
 )
 from .token_reduction import (
+    LLAVOLTA_FIELDS,
     ReductionRecord,
     expand_preset,
     ReductionState,
@@ -430,17 +431,6 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         illava_vit_r: int | float | None = None,
         **kwargs,
     ) -> AdaLlavaModelOutputWithPast:
-        vit_overrides = dict(enable_illava_vit=enable_illava_vit, illava_vit_k=illava_vit_k, illava_vit_r=illava_vit_r)
-        vit = illava_vit_settings(self.config, vit_overrides)
-        if vit is not None and pixel_values is not None and mm_encoder_outputs is None:
-            mm_encoder_outputs = {"image": self.get_image_features(pixel_values, illava_vit=vit)}
-            pixel_values = None
-        image_features = (mm_encoder_outputs or {}).get("image")
-        if image_features is not None and input_ids is not None:
-            self._check_placeholders(input_ids, image_features)
-        scheduling = self._scheduling_state(
-            input_ids, inputs_embeds, latency, num_units, execution_plan, past_key_values
-        )
         overrides = dict(
             llavolta_grouping=llavolta_grouping,
             llavolta_layer=llavolta_layer,
@@ -449,6 +439,20 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
             enable_illava_llm=enable_illava_llm,
             illava_llm_k=illava_llm_k,
             illava_llm_r=illava_llm_r,
+        )
+        vit_overrides = dict(enable_illava_vit=enable_illava_vit, illava_vit_k=illava_vit_k, illava_vit_r=illava_vit_r)
+        vit = illava_vit_settings(self.config, vit_overrides)
+        pre_llm = llavolta_settings(self.config, overrides)
+        pre_llm = pre_llm if pre_llm is not None and pre_llm.layer == -1 else None
+        if (vit is not None or pre_llm is not None) and pixel_values is not None and mm_encoder_outputs is None:
+            stride = pre_llm.stride if pre_llm is not None else None
+            mm_encoder_outputs = {"image": self.get_image_features(pixel_values, illava_vit=vit, pool_stride=stride)}
+            pixel_values = None
+        image_features = (mm_encoder_outputs or {}).get("image")
+        if image_features is not None and input_ids is not None:
+            self._check_placeholders(input_ids, image_features)
+        scheduling = self._scheduling_state(
+            input_ids, inputs_embeds, latency, num_units, execution_plan, past_key_values
         )
         reduction = self._reduction_state(input_ids, overrides, past_key_values, prompt_length)
         outputs = super().forward(
@@ -476,10 +480,30 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         )
 
     def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None,
-                           image_sizes=None, illava_vit="config", **kwargs):  # fmt: skip
+                           image_sizes=None, illava_vit="config", pool_stride="config", **kwargs):  # fmt: skip
         """`LlavaModel.get_image_features`; with iLLaVA vision merging (`illava_vit`: settings, or "config" for the
-        config's) the CLIP tower merges patches on the way and stops at the feature layer."""
+        config's) the CLIP tower merges patches on the way and stops at the feature layer; with LLaVolta before the
+        LLM (`pool_stride`) the projected features of each image are average-pooled in windows of that many."""
         settings = illava_vit_settings(self.config) if illava_vit == "config" else illava_vit
+        if pool_stride == "config":
+            pre_llm = llavolta_settings(self.config)
+            pool_stride = pre_llm.stride if pre_llm is not None and pre_llm.layer == -1 else None
+        output = self._image_features(
+            pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes, settings, **kwargs
+        )
+        if pool_stride is not None:
+            pooled = []
+            for features in output.pooler_output:
+                if features.shape[0] % pool_stride:
+                    raise ValueError(
+                        f"llavolta_stride={pool_stride} does not divide the {features.shape[0]} image tokens."
+                    )
+                pooled.append(features.view(-1, pool_stride, features.shape[-1]).mean(1))
+            output.pooler_output = pooled
+        return output
+
+    def _image_features(self, pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes,
+                        settings, **kwargs):  # fmt: skip
         if settings is None:
             return super().get_image_features(
                 pixel_values,
@@ -507,14 +531,17 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         count = int((input_ids == self.config.image_token_id).sum())
         if count != sum(f.shape[0] for f in features):
             raise ValueError(
-                f"input_ids hold {count} image tokens for {len(features)} image(s) of {per_image} features each. With "
-                "iLLaVA vision merging the LLM receives fewer image tokens than the processor wrote: use generate "
+                f"input_ids hold {count} image tokens for {len(features)} image(s) of {per_image} features each. "
+                "With iLLaVA vision merging or LLaVolta pooling before the LLM, the LLM receives fewer image tokens "
+                "than the processor wrote: use generate "
                 "(it shortens the placeholders) or ada_hf.vision_merging.collapse_image_tokens on input_ids."
             )
 
     def _reduction_state(self, input_ids, overrides: dict, cache, prompt_length=None) -> ReductionState | None:
         """Token-reduction settings for this call (applied at prefill; decoding follows the cache's records)."""
         llavolta = llavolta_settings(self.config, overrides)
+        if llavolta is not None and llavolta.layer == -1:
+            llavolta = None  # pooled before the LLM, with the image features
         illava = illava_llm_settings(self.config, overrides)
         if llavolta is not None and illava is not None:
             raise ValueError(
@@ -816,8 +843,10 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         if kwargs.get("token_reduction") is not None:  # expand here: generate must see the vision-merging flags
             kwargs = expand_preset(kwargs.pop("token_reduction"), kwargs)
         vit = illava_vit_settings(self.config, {k: kwargs.get(k) for k in ILLAVA_VIT_FIELDS})
-        if vit is not None and input_ids is not None:
-            input_ids, kwargs = self._collapse_for_vision_merging(input_ids, kwargs, vit)
+        pre_llm = llavolta_settings(self.config, {k: kwargs.get(k) for k in LLAVOLTA_FIELDS})
+        pre_llm = pre_llm if pre_llm is not None and pre_llm.layer == -1 else None
+        if (vit is not None or pre_llm is not None) and input_ids is not None:
+            input_ids, kwargs = self._collapse_image_tokens(input_ids, kwargs, vit, pre_llm)
         appended = False
         if budget_given:
             if input_ids is None:
@@ -848,13 +877,18 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             return output
         return _with_plan_report(output, plan, batch_size)
 
-    def _collapse_for_vision_merging(self, input_ids, kwargs: dict, vit):
-        """Prompts carry a full grid of placeholders per image; vision merging leaves fewer features: shorten each
-        run to match (re-padding on the left) and encode the images here, with the settings of this call."""
+    def _collapse_image_tokens(self, input_ids, kwargs: dict, vit, pre_llm):
+        """Prompts carry a full grid of placeholders per image; vision merging and pooling before the LLM leave fewer
+        features: shorten each run to match (re-padding on the left) and encode the images here, with this call's
+        settings."""
         vision = self.config.vision_config
         patches = (vision.image_size // vision.patch_size) ** 2
         cls = 1 if self.config.vision_feature_select_strategy == "full" else 0
         per_image, merged = patches + cls, merged_patch_count(vit, patches) + cls
+        if pre_llm is not None:
+            if merged % pre_llm.stride:
+                raise ValueError(f"llavolta_stride={pre_llm.stride} does not divide the {merged} image tokens.")
+            merged //= pre_llm.stride
         if merged != per_image and (input_ids == self.config.image_token_id).sum() % per_image == 0:
             pad = self.config.text_config.pad_token_id
             pad = pad if pad is not None else self.generation_config.pad_token_id
@@ -868,7 +902,9 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             kwargs = {**kwargs, "attention_mask": mask}
         if kwargs.get("pixel_values") is not None and kwargs.get("mm_encoder_outputs") is None:
             pixel_values = kwargs.pop("pixel_values")
-            kwargs["mm_encoder_outputs"] = {"image": self.model.get_image_features(pixel_values, illava_vit=vit)}
+            stride = pre_llm.stride if pre_llm is not None else None
+            features = self.model.get_image_features(pixel_values, illava_vit=vit, pool_stride=stride)
+            kwargs["mm_encoder_outputs"] = {"image": features}
         return input_ids, kwargs
 
     def _append_latency_token(self, input_ids: torch.Tensor, kwargs: dict):

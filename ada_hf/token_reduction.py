@@ -73,10 +73,10 @@ def validate_llavolta(values: dict, num_layers: int, image_tokens: int) -> None:
             f"llavolta_stride={stride!r} must be a positive integer dividing the {image_tokens} tokens of an image "
             "(each image is pooled in windows of `stride` tokens)."
         )
-    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < num_layers:
+    if not isinstance(layer, int) or isinstance(layer, bool) or not -1 <= layer < num_layers:
         raise ValueError(
-            f"llavolta_layer={layer!r} must be a decoder layer in [0, {num_layers}): tokens are pooled at that "
-            "layer's input (0 pools the embeddings). Pooling before the LLM (-1) is not supported yet."
+            f"llavolta_layer={layer!r} must be -1 (pool the projector output before the LLM, positions renumbered) "
+            f"or a decoder layer in [0, {num_layers}) (pool at that layer's input; 0 pools the embeddings)."
         )
 
 

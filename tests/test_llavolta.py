@@ -197,7 +197,7 @@ def test_presets_and_config_defaults(tmp_path):
             "llavolta_stride=3 must be a positive integer dividing",
         ),
         (dict(llavolta_grouping="avgpool1d", llavolta_stride=4, llavolta_layer=6), r"llavolta_layer=6 must be"),
-        (dict(llavolta_grouping="avgpool1d", llavolta_stride=4, llavolta_layer=-1), "not supported yet"),
+        (dict(llavolta_grouping="avgpool1d", llavolta_stride=4, llavolta_layer=-2), r"must be -1 \(pool the projector"),
         (dict(llavolta_grouping="avgpool1d", llavolta_stride=4, llavolta_position_mode="mean"), "position_mode"),
     ],
 )
@@ -219,3 +219,26 @@ def test_rows_with_different_image_counts_and_continuations_are_refused():
         first = model(input_ids=prompt()[None], pixel_values=pixels(), use_cache=True, **POOL)
     with pytest.raises(ValueError, match="continue a non-empty cache"):
         model(input_ids=prompt()[None], pixel_values=pixels(), past_key_values=first.past_key_values, **POOL)
+
+
+def test_pooling_before_the_llm():
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from ada_hf.vision_merging import collapse_image_tokens
+
+    model = model_with_images(None)
+    before = dict(llavolta_grouping="avgpool1d", llavolta_layer=-1, llavolta_stride=4)
+    with pytest.raises(ValueError, match="use generate"):
+        model(input_ids=prompt()[None], pixel_values=pixels(), **before)
+    short, _ = collapse_image_tokens(prompt()[None], None, IMAGE_ID, IMAGE_TOKENS, IMAGE_TOKENS // 4, 98)
+    with torch.no_grad():
+        ours = model(input_ids=short, pixel_values=pixels(), **before)
+        features = model.model.get_image_features(pixels(), pool_stride=None).pooler_output[0]
+        pooled = BaseModelOutputWithPooling(pooler_output=[features.view(-1, 4, features.shape[-1]).mean(1)])
+        ref = model(input_ids=short, mm_encoder_outputs={"image": pooled})
+    torch.testing.assert_close(ours.logits, ref.logits)
+    kw = dict(pixel_values=pixels(), max_new_tokens=4, do_sample=False, return_dict_in_generate=True, **before)
+    cached = model.generate(input_ids=prompt()[None], **kw)
+    uncached = model.generate(input_ids=prompt()[None], use_cache=False, **kw)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert int((cached.sequences == IMAGE_ID).sum()) == IMAGE_TOKENS // 4
