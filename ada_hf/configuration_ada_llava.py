@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import LlavaConfig
 
 from .token_reduction import LLAVOLTA_FIELDS, illava_llm_settings, validate_llavolta
-from .vision_merging import illava_vit_settings
+from .vision_merging import check_token_selecting, illava_vit_settings
 
 # Stamped into every saved config so a checkpoint says which code wrote it.
 ADA_HF_CODE_VERSION = "0.1.0"
@@ -48,6 +48,9 @@ class AdaLlavaConfig(LlavaConfig):
         llavolta_position_mode (`str`, *optional*, defaults to `"trunc_mean"`):
             Position id of a pooled token: `trunc_mean` (floor of the window's mean position), `trunc_mean_fp16`
             (the original bit for bit), `float_mean`, `first`, or `renumber` (contiguous).
+        token_selecting (`str`, *optional*, defaults to `"none"`):
+            PruMerge (`"prumerge"`) or PruMerge+ (`"prumerge+"`) visual token selection, as the published `-prumerge`
+            AdaLLaVA checkpoints were trained with: a varying number of image tokens per image.
         enable_illava_vit (`bool`, *optional*, defaults to `False`):
             iLLaVA's vision-encoder merging: at each CLIP layer in `illava_vit_k`, after attention and before the MLP,
             the `illava_vit_r + 1` least attended patches collapse into one. The LLM receives fewer image tokens;
@@ -81,6 +84,7 @@ class AdaLlavaConfig(LlavaConfig):
     llavolta_layer: int = 2
     llavolta_stride: int = 1
     llavolta_position_mode: str = "trunc_mean"
+    token_selecting: str = "none"
     enable_illava_vit: bool = False
     illava_vit_k: int | list[int] | str = "5-6-7-8"
     illava_vit_r: int | float = 72
@@ -101,6 +105,7 @@ class AdaLlavaConfig(LlavaConfig):
         )
         illava_llm_settings(self)
         illava_vit_settings(self)
+        check_token_selecting(self)
 
     def validate_scheduler(self) -> None:
         """Raise a ValueError naming the bad field if the scheduler settings cannot describe a valid model."""

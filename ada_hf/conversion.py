@@ -308,8 +308,8 @@ def _original_fields(kind: str, source: Path, src: dict, tokenizer, tower: Path 
         if token_selecting not in (None, "none"):
             config["token_selecting"] = token_selecting
             notes.append(
-                f"token_selecting={token_selecting!r} (PruMerge) is recorded in the config but ada_hf does not "
-                "implement it: the converted model runs on every visual token."
+                f"token_selecting={token_selecting!r}: the converted model runs PruMerge"
+                f"{'+' if token_selecting == 'prumerge+' else ''} token selection, as the checkpoint was trained."
             )
     # The checkpoint's own files first: if it carries the tower (model.vision_tower.vision_tower.*), that copy wins
     # and the tower folder only supplies the vision config and preprocessing.

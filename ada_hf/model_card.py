@@ -150,10 +150,10 @@ def _ada(variant: str, size: str, token_selecting: str = "none") -> VariantInfo:
         )
     if token_selecting != "none":
         notes.append(
-            f"The original runs this checkpoint with `token_selecting={token_selecting!r}` (PruMerge"
-            f"{'+' if token_selecting == 'prumerge+' else ''} image-token selection, adapted from LLaVA-PruMerge), and "
-            "it was trained that way. **ada-hf does not implement PruMerge yet**: this conversion feeds all image "
-            "tokens to the decoder, so its outputs differ from the original's and its quality is unknown."
+            f"This checkpoint runs with `token_selecting={token_selecting!r}` (PruMerge"
+            f"{'+' if token_selecting == 'prumerge+' else ''} image-token selection, adapted from LLaVA-PruMerge), as "
+            "it was trained: each image keeps its own, content-dependent number of visual tokens. ada-hf implements it "
+            "from the description of the original; parity with the original code has not been checked."
         )
     claims = ADALLAVA_CLAIMS + ((PRUMERGE_CLAIM,) if token_selecting != "none" else ())
     figures = ()

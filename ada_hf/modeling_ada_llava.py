@@ -34,7 +34,9 @@ from .planned_layer import build_layer_plan, planned_decoder_layer
 from .processing_ada_llava import AdaLlavaProcessor  # noqa: F401  (copied beside saved models for auto_map)
 from .vision_merging import (
     ILLAVA_VIT_FIELDS,
+    check_token_selecting,
     clip_forward_with_merging,
+    prumerge,
     collapse_image_tokens,
     feature_layer_index,
     illava_vit_settings,
@@ -429,6 +431,7 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         enable_illava_vit: bool | None = None,
         illava_vit_k: int | list[int] | str | None = None,
         illava_vit_r: int | float | None = None,
+        token_selecting: str | None = None,
         **kwargs,
     ) -> AdaLlavaModelOutputWithPast:
         overrides = dict(
@@ -444,9 +447,17 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         vit = illava_vit_settings(self.config, vit_overrides)
         pre_llm = llavolta_settings(self.config, overrides)
         pre_llm = pre_llm if pre_llm is not None and pre_llm.layer == -1 else None
-        if (vit is not None or pre_llm is not None) and pixel_values is not None and mm_encoder_outputs is None:
+        selecting = check_token_selecting(
+            self.config, {**vit_overrides, **overrides, "token_selecting": token_selecting}
+        )
+        changes_count = vit is not None or pre_llm is not None or selecting != "none"
+        if changes_count and pixel_values is not None and mm_encoder_outputs is None:
             stride = pre_llm.stride if pre_llm is not None else None
-            mm_encoder_outputs = {"image": self.get_image_features(pixel_values, illava_vit=vit, pool_stride=stride)}
+            mm_encoder_outputs = {
+                "image": self.get_image_features(
+                    pixel_values, illava_vit=vit, pool_stride=stride, token_selecting=selecting
+                )
+            }
             pixel_values = None
         image_features = (mm_encoder_outputs or {}).get("image")
         if image_features is not None and input_ids is not None:
@@ -480,7 +491,8 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         )
 
     def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None,
-                           image_sizes=None, illava_vit="config", pool_stride="config", **kwargs):  # fmt: skip
+                           image_sizes=None, illava_vit="config", pool_stride="config", token_selecting="config",
+                           **kwargs):  # fmt: skip
         """`LlavaModel.get_image_features`; with iLLaVA vision merging (`illava_vit`: settings, or "config" for the
         config's) the CLIP tower merges patches on the way and stops at the feature layer; with LLaVolta before the
         LLM (`pool_stride`) the projected features of each image are average-pooled in windows of that many."""
@@ -488,6 +500,10 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         if pool_stride == "config":
             pre_llm = llavolta_settings(self.config)
             pool_stride = pre_llm.stride if pre_llm is not None and pre_llm.layer == -1 else None
+        if token_selecting == "config":
+            token_selecting = check_token_selecting(self.config)
+        if token_selecting != "none":
+            return self._prumerge_features(pixel_values, plus=token_selecting == "prumerge+")
         output = self._image_features(
             pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes, settings, **kwargs
         )
@@ -501,6 +517,17 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
                 pooled.append(features.view(-1, pool_stride, features.shape[-1]).mean(1))
             output.pooler_output = pooled
         return output
+
+    def _prumerge_features(self, pixel_values, plus: bool) -> BaseModelOutputWithPooling:
+        """PruMerge(+) on the feature layer's patches, scored with the last CLIP layer's queries and keys."""
+        tower = self.vision_tower
+        hidden_states = tower(pixel_values, output_hidden_states=True).hidden_states
+        last = tower.encoder.layers[-1]
+        normed = last.layer_norm1(hidden_states[-2])  # the last layer's input, as PruMerge's hooks see it
+        patches = hidden_states[self.config.vision_feature_layer][:, 1:]
+        selected = prumerge(patches, last.self_attn.q_proj(normed), last.self_attn.k_proj(normed), plus)
+        features = [self.multi_modal_projector(f) for f in selected]
+        return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=features)
 
     def _image_features(self, pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes,
                         settings, **kwargs):  # fmt: skip
@@ -714,6 +741,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         illava_vit_k: int | list[int] | str | None = None,
         illava_vit_r: int | float | None = None,
         token_reduction: str | None = None,
+        token_selecting: str | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AdaLlavaCausalLMOutputWithPast | tuple:
@@ -767,6 +795,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             num_units=num_units,
             execution_plan=execution_plan,
             prompt_length=prompt_length,
+            token_selecting=token_selecting,
             **flags,
             **kwargs,
         )
@@ -845,8 +874,10 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         vit = illava_vit_settings(self.config, {k: kwargs.get(k) for k in ILLAVA_VIT_FIELDS})
         pre_llm = llavolta_settings(self.config, {k: kwargs.get(k) for k in LLAVOLTA_FIELDS})
         pre_llm = pre_llm if pre_llm is not None and pre_llm.layer == -1 else None
-        if (vit is not None or pre_llm is not None) and input_ids is not None:
-            input_ids, kwargs = self._collapse_image_tokens(input_ids, kwargs, vit, pre_llm)
+        selecting = check_token_selecting(self.config, {k: kwargs.get(k) for k in (
+            "token_selecting", "enable_illava_vit", "llavolta_grouping")})  # fmt: skip
+        if (vit is not None or pre_llm is not None or selecting != "none") and input_ids is not None:
+            input_ids, kwargs = self._collapse_image_tokens(input_ids, kwargs, vit, pre_llm, selecting)
         appended = False
         if budget_given:
             if input_ids is None:
@@ -877,7 +908,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             return output
         return _with_plan_report(output, plan, batch_size)
 
-    def _collapse_image_tokens(self, input_ids, kwargs: dict, vit, pre_llm):
+    def _collapse_image_tokens(self, input_ids, kwargs: dict, vit, pre_llm, selecting="none"):
         """Prompts carry a full grid of placeholders per image; vision merging and pooling before the LLM leave fewer
         features: shorten each run to match (re-padding on the left) and encode the images here, with this call's
         settings."""
@@ -889,6 +920,17 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             if merged % pre_llm.stride:
                 raise ValueError(f"llavolta_stride={pre_llm.stride} does not divide the {merged} image tokens.")
             merged //= pre_llm.stride
+        features = None
+        if kwargs.get("pixel_values") is not None and kwargs.get("mm_encoder_outputs") is None:
+            stride = pre_llm.stride if pre_llm is not None else None
+            features = self.model.get_image_features(
+                kwargs.pop("pixel_values"), illava_vit=vit, pool_stride=stride, token_selecting=selecting
+            )
+            kwargs["mm_encoder_outputs"] = {"image": features}
+        if selecting != "none":  # PruMerge: each image its own count
+            if features is None:
+                raise ValueError("PruMerge decides the image token counts from the pixels: pass `pixel_values`.")
+            merged = [f.shape[0] for f in features.pooler_output]
         if merged != per_image and (input_ids == self.config.image_token_id).sum() % per_image == 0:
             pad = self.config.text_config.pad_token_id
             pad = pad if pad is not None else self.generation_config.pad_token_id
@@ -900,11 +942,6 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
                 input_ids, kwargs.get("attention_mask"), self.config.image_token_id, per_image, merged, pad
             )
             kwargs = {**kwargs, "attention_mask": mask}
-        if kwargs.get("pixel_values") is not None and kwargs.get("mm_encoder_outputs") is None:
-            pixel_values = kwargs.pop("pixel_values")
-            stride = pre_llm.stride if pre_llm is not None else None
-            features = self.model.get_image_features(pixel_values, illava_vit=vit, pool_stride=stride)
-            kwargs["mm_encoder_outputs"] = {"image": features}
         return input_ids, kwargs
 
     def _append_latency_token(self, input_ids: torch.Tensor, kwargs: dict):

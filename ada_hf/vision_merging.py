@@ -115,12 +115,13 @@ def collapse_image_tokens(
     attention_mask: torch.Tensor | None,
     image_token_id: int,
     tokens_per_image: int,
-    merged_tokens: int,
+    merged_tokens: int | list[int],
     pad_token_id: int,
 ):
-    """Shorten each run of `tokens_per_image` image placeholders to `merged_tokens`, re-padding rows on the left, so
-    prompts made for the full grid fit features merged in the vision encoder."""
+    """Shorten each run of `tokens_per_image` image placeholders to `merged_tokens` (one count, or one per image in
+    order, as PruMerge gives), re-padding rows on the left, so prompts made for the full grid fit merged features."""
     rows, masks = [], []
+    counts = iter(merged_tokens) if isinstance(merged_tokens, (list, tuple)) else None
     for b in range(input_ids.shape[0]):
         ids = input_ids[b]
         mask = attention_mask[b] if attention_mask is not None else torch.ones_like(ids)
@@ -133,7 +134,12 @@ def collapse_image_tokens(
         starts = is_image & ~torch.cat([is_image.new_zeros(1), is_image[:-1]])
         run_start = torch.cummax(torch.where(starts, torch.arange(len(ids)), torch.zeros_like(ids)), 0).values
         offset = torch.arange(len(ids)) - run_start
-        keep = ~is_image | (offset % tokens_per_image < merged_tokens)
+        if counts is None:
+            keep = ~is_image | (offset % tokens_per_image < merged_tokens)
+        else:  # one count per image, images in order along the row
+            image_number = (is_image & (offset % tokens_per_image == 0)).cumsum(0) - 1
+            per_image = torch.tensor([next(counts) for _ in range(count // tokens_per_image)] or [0])
+            keep = ~is_image | (offset % tokens_per_image < per_image[image_number.clamp(min=0)])
         rows.append(ids[keep])
         masks.append(mask[keep])
     width = max(len(r) for r in rows)
@@ -143,3 +149,52 @@ def collapse_image_tokens(
         new_ids[b, width - len(ids) :] = ids
         new_mask[b, width - len(ids) :] = mask
     return new_ids, new_mask
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PruMerge / PruMerge+ (ADALLAVA.md 10.3): the token selection the -prumerge AdaLLaVA checkpoints were trained with.
+PRUMERGE_MODES = ("none", "prumerge", "prumerge+")
+PRUMERGE_NEIGHBOURS = 32
+
+
+def prumerge(features: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor, plus: bool) -> list[torch.Tensor]:
+    """Per image: keep the patches whose CLS attention is an outlier (above Q3 + 1.5 IQR; PruMerge+ adds a uniform
+    grid), add to each kept patch the CLS-attention-weighted sum of its 32 nearest patches by key cosine similarity,
+    and append one token: the attention-weighted sum of every patch not kept. `features` `[B, N, C]` are the patch
+    features; `queries`/`keys` `[B, 1 + N, C]` come from the last CLIP layer's projections (CLS first)."""
+    out = []
+    width = features.shape[-1]
+    for feats, q, k in zip(features.float(), queries.float(), keys.float()):
+        cls_attention = ((q[:1] @ k.T) * width**-0.5).softmax(dim=-1)[0, 1:]  # [N]
+        count = cls_attention.shape[0]
+        q1, q3 = torch.quantile(cls_attention, torch.tensor([0.25, 0.75], device=feats.device))
+        ratio = float((cls_attention > q3 + 1.5 * (q3 - q1)).float().mean())
+        kept = cls_attention.topk(int(count * ratio)).indices  # most attended first, as the original
+        if plus and ratio > 0:
+            step = max(int(int(1 / ratio) / 3), 1)
+            grid = torch.arange(0, count - 1, step, device=feats.device)
+            kept = torch.cat([kept, grid[~torch.isin(grid, kept)]])
+        patch_keys = torch.nn.functional.normalize(k[1:], dim=-1)
+        similarity = patch_keys[kept] @ patch_keys.T  # [kept, N]
+        similarity[torch.arange(len(kept)), kept] = float("-inf")  # a patch is not its own neighbour
+        neighbours = similarity.topk(min(PRUMERGE_NEIGHBOURS, count - 1), dim=-1).indices
+        merged = feats[kept] + (feats[neighbours] * cls_attention[neighbours][..., None]).sum(1)
+        rest = torch.ones(count, dtype=torch.bool, device=feats.device)
+        rest[kept] = False
+        extra = (feats[rest] * cls_attention[rest][:, None]).sum(0, keepdim=True)
+        out.append(torch.cat([merged, extra]).to(features.dtype))
+    return out
+
+
+def check_token_selecting(config, overrides: dict | None = None) -> str:
+    """The PruMerge mode in force ("none", "prumerge", "prumerge+"), refusing combinations that cannot work."""
+    values = {k: getattr(config, k, None) for k in ("token_selecting", "enable_illava_vit", "llavolta_grouping")}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    mode = values["token_selecting"] or "none"
+    if mode not in PRUMERGE_MODES:
+        raise ValueError(f"token_selecting={mode!r} is not supported: use one of {PRUMERGE_MODES}.")
+    if mode != "none" and values["enable_illava_vit"]:
+        raise ValueError("PruMerge needs CLIP's full 24x24 grid: it cannot be combined with iLLaVA vision merging.")
+    if mode != "none" and values["llavolta_grouping"] not in (None, "none"):
+        raise ValueError("PruMerge gives each image its own token count, which LLaVolta's fixed windows cannot pool.")
+    return mode

@@ -128,7 +128,7 @@ def test_card_content(path):
     expected = {None: "Nothing", "L": "Whole decoder layers", "H": "attention heads together with r MLP neuron groups"}
     assert expected[variant.scheduler_type] in drops
     assert ("UNVERIFIED" in text) == bool(variant.unverified)
-    assert ("does not implement PruMerge" in text) == (variant.token_selecting != "none")
+    assert ("ada-hf implements it" in text) == (variant.token_selecting != "none")
 
 
 def test_h13b_values_are_marked_unverified():
