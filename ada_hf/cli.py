@@ -255,6 +255,20 @@ def convert_script_main(source_kind: str, description: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# ada-hf show-merging (ada_hf/visualize.py)
+def _show_merging_arguments(parser: argparse.ArgumentParser) -> None:
+    from .visualize import add_show_merging_arguments
+
+    add_show_merging_arguments(parser)
+
+
+def _show_merging_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .visualize import run_show_merging
+
+    return run_show_merging(args, parser)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, Command] = {
     "demo": Command(
         "run the offline demo: generate under several budgets with a small random-weight AdaLLaVA model",
@@ -270,6 +284,11 @@ COMMANDS: dict[str, Command] = {
         "print every budget a model can tell apart and what it executes (model.budget_table())",
         _budget_table_arguments,
         _budget_table_run,
+    ),
+    "show-merging": Command(
+        "draw which image patches survive iLLaVA token merging, in the vision encoder and in the LLM, as a PNG",
+        _show_merging_arguments,
+        _show_merging_run,
     ),
 }
 
