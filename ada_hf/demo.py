@@ -33,7 +33,7 @@ DEMO_SHAPE = dict(
     image_size=336,
     patch_size=14,
     vision_hidden_size=16,
-    vision_layers=2,
+    vision_layers=24,  # CLIP-L's depth, so the published iLLaVA layers exist (narrow: 16 wide)
 )
 DEMO_SEED = 0
 DEMO_VARIANTS = ("L", "H")

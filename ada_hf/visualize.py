@@ -420,7 +420,6 @@ def _visualize(model, processor, image, question, path, style, reduction_flags):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # ada-hf show-merging
-DEMO_VIT_DEFAULTS = ("0", 288)  # the demo's CLIP runs one layer before its feature: merge there, keeping 288 as 4 x 72
 
 
 def _layers(text: str) -> list[int]:
@@ -474,16 +473,14 @@ def add_show_merging_arguments(parser: argparse.ArgumentParser) -> None:
         type=_layers,
         default=None,
         metavar="K",
-        help="CLIP layers that merge, e.g. 5-6-7-8, or 'none' (default: the model config's, "
-        "5-6-7-8 for LLaVA-1.5; 0 for the demo model, whose CLIP runs a single layer)",
+        help="CLIP layers that merge, e.g. 5-6-7-8, or 'none' (default: the model config's, 5-6-7-8)",
     )
     parser.add_argument(
         "--vit-r",
         type=_count_or_fraction,
         default=None,
         metavar="R",
-        help="patches removed per CLIP layer, or a fraction of them (default: the config's, 72; "
-        "288 for the demo model)",
+        help="patches removed per CLIP layer, or a fraction of them (default: the config's, 72)",
     )
     parser.add_argument(
         "--llm-k",
@@ -560,8 +557,6 @@ def run_show_merging(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
     # Flags not given fall back to the model config's values (None); 'none' ([]) turns a stage off.
     vit_k, vit_r = args.vit_k, args.vit_r
-    if demo and vit_k is None and vit_r is None:
-        vit_k, vit_r = _layers(DEMO_VIT_DEFAULTS[0]), DEMO_VIT_DEFAULTS[1]
     flags = dict(
         enable_illava_vit=vit_k != [],
         illava_vit_k=vit_k or None,
