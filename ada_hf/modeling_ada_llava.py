@@ -447,6 +447,8 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         vit = illava_vit_settings(self.config, vit_overrides)
         pre_llm = llavolta_settings(self.config, overrides)
         pre_llm = pre_llm if pre_llm is not None and pre_llm.layer == -1 else None
+        if vit is not None and self.training:
+            raise ValueError("iLLaVA merging is inference-only: disable enable_illava_vit to train.")
         selecting = check_token_selecting(
             self.config, {**vit_overrides, **overrides, "token_selecting": token_selecting}
         )

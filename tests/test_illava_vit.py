@@ -142,3 +142,9 @@ def test_presets_by_name():
         return_dict_in_generate=True,
     )
     assert int((out.sequences == IMAGE_ID).sum()) == MERGED
+
+
+def test_training_with_vision_merging_is_refused():
+    model = vit_model().train()
+    with pytest.raises(ValueError, match="inference-only"):
+        model(input_ids=prompt()[None], pixel_values=pixels(), **VIT)
