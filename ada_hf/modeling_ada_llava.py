@@ -110,6 +110,10 @@ class _PlanReport:
         The budget actually run.
     heads_computed / mlp_groups_computed (`torch.LongTensor` of shape `(num_layers,)`):
         What the batch actually computed per layer: the union over rows (rows sharing sliced weights are masked).
+    token_reductions (`tuple[ReductionRecord]`, *optional*):
+        The prefill's LLaVolta / iLLaVA reductions of the LLM sequence (in the coordinates of the returned prompt).
+    vit_sources (`tuple[torch.Tensor]`, *optional*):
+        With `illava_track_vit_source`: the original patches surviving each vision-encoder merge.
     """
 
     execution_plan: torch.LongTensor | None = None
@@ -118,6 +122,8 @@ class _PlanReport:
     latency_effective: torch.Tensor | None = None
     heads_computed: torch.LongTensor | None = None
     mlp_groups_computed: torch.LongTensor | None = None
+    token_reductions: tuple | None = None
+    vit_sources: tuple | None = None
 
 
 @dataclass
@@ -841,9 +847,9 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         plan = getattr(outputs, "execution_plan", None)
         if plan is not None:
             model_kwargs["execution_plan"] = plan
-            record = _GENERATION_PLANS.get()
-            if record is not None and not record:
-                record.append(plan)
+        record = _GENERATION_PLANS.get()
+        if record is not None and not record:  # the prefill's outputs: what the request ran
+            record.append((plan, getattr(outputs, "token_reductions", None), getattr(outputs, "vit_sources", None)))
         return model_kwargs
 
     @torch.no_grad()
@@ -898,7 +904,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             output = super().generate(input_ids, generation_config=generation_config, **kwargs)
         finally:
             _GENERATION_PLANS.reset(token)
-        plan = plans[0] if plans else None
+        plan, reductions, vit_sources = plans[0] if plans else (None, None, None)
         if plan is not None:
             plan.release()  # sliced weights live only as long as the request
         batch_size = input_ids.shape[0] if input_ids is not None else None
@@ -906,9 +912,9 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             return _drop_column(output, input_ids.shape[1] - 1) if appended else output
         if appended:
             output.sequences = _drop_column(output.sequences, input_ids.shape[1] - 1)
-        if plan is None:
+        if plan is None and reductions is None and vit_sources is None:
             return output
-        return _with_plan_report(output, plan, batch_size)
+        return _with_report(output, plan, batch_size, reductions, vit_sources)
 
     def _collapse_image_tokens(self, input_ids, kwargs: dict, vit, pre_llm, selecting="none"):
         """Prompts carry a full grid of placeholders per image; vision merging and pooling before the LLM leave fewer
@@ -993,19 +999,22 @@ def _drop_column(sequences: torch.Tensor, column: int) -> torch.Tensor:
     return torch.cat([sequences[:, :column], sequences[:, column + 1 :]], dim=1)
 
 
-def _with_plan_report(output, plan: ExecutionPlan, batch_size: int):
-    rows = output.sequences.shape[0]
-    # Rows were expanded (beams, num_return_sequences) before prefill; every copy of a sample shares its plan.
-    plan_rows = torch.arange(batch_size) * (plan.batch_size // batch_size)
-    plan_rows = plan_rows.repeat_interleave(rows // batch_size)
-    report = dict(
-        execution_plan=plan.heads_executed()[plan_rows],
-        mlp_groups_executed=plan.mlp_groups_executed()[plan_rows],
-        executed_units=plan.executed_units()[plan_rows],
-        latency_effective=plan.latency_effective()[plan_rows],
-        heads_computed=plan.heads_computed(),
-        mlp_groups_computed=plan.mlp_groups_computed(),
-    )
+def _with_report(output, plan: ExecutionPlan | None, batch_size: int, reductions, vit_sources):
+    """The generate output, as an Ada subclass carrying what the request ran: its plan and token reductions."""
+    report = dict(token_reductions=reductions, vit_sources=vit_sources)
+    if plan is not None:
+        rows = output.sequences.shape[0]
+        # Rows were expanded (beams, num_return_sequences) before prefill; every copy of a sample shares its plan.
+        plan_rows = torch.arange(batch_size) * (plan.batch_size // batch_size)
+        plan_rows = plan_rows.repeat_interleave(rows // batch_size)
+        report.update(
+            execution_plan=plan.heads_executed()[plan_rows],
+            mlp_groups_executed=plan.mlp_groups_executed()[plan_rows],
+            executed_units=plan.executed_units()[plan_rows],
+            latency_effective=plan.latency_effective()[plan_rows],
+            heads_computed=plan.heads_computed(),
+            mlp_groups_computed=plan.mlp_groups_computed(),
+        )
     cls = (
         AdaLlavaGenerateBeamDecoderOnlyOutput
         if isinstance(output, GenerateBeamDecoderOnlyOutput)

@@ -148,3 +148,15 @@ def test_training_with_vision_merging_is_refused():
     model = vit_model().train()
     with pytest.raises(ValueError, match="inference-only"):
         model(input_ids=prompt()[None], pixel_values=pixels(), **VIT)
+
+
+def test_generate_reports_the_reductions():
+    model = vit_model(illava_track_vit_source=True)
+    llm = dict(enable_illava_llm=True, illava_llm_k=2, illava_llm_r=0.5)
+    out = model.generate(
+        input_ids=prompt()[None], pixel_values=pixels(), max_new_tokens=2, return_dict_in_generate=True, **llm, **VIT
+    )
+    assert [s.shape[1] for s in out.vit_sources] == [13, 10]
+    (record,) = out.token_reductions
+    assert record.kind == "illava" and record.removed == MERGED // 2
+    assert out.execution_plan is None  # no scheduler, no plan
