@@ -75,9 +75,9 @@ if _CPU_SDPA not in torch.utils.flop_counter.flop_registry:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Models
-def build_models(args):
-    """Ada-L, Ada-H and transformers' Llava sharing every weight except the (ada-only) scheduler."""
-    common = dict(
+def model_config_kwargs(args) -> dict:
+    """`tiny_config` arguments of the 7B-shaped narrow model (from the options `add_model_args` defines)."""
+    return dict(
         vocab_size=VOCAB,
         image_token_id=IMAGE_TOKEN,
         latency_token_id=LATENCY_TOKEN,
@@ -92,8 +92,17 @@ def build_models(args):
         scheduler_rank=args.scheduler_rank,
         num_prefix_layers=args.prefix_layers,
     )
-    ada_l = build_tiny_model(tiny_config(scheduler_type="L", **common), seed=args.seed)
-    ada_h = build_tiny_model(tiny_config(scheduler_type="H", **common), seed=args.seed)
+
+
+def build_ada(args, scheduler_type: str):
+    """One AdaLLaVA model (variant "L" or "H") with the benchmark's shape and seed."""
+    return build_tiny_model(tiny_config(scheduler_type=scheduler_type, **model_config_kwargs(args)), seed=args.seed)
+
+
+def build_models(args):
+    """Ada-L, Ada-H and transformers' Llava sharing every weight except the (ada-only) scheduler."""
+    ada_l = build_ada(args, "L")
+    ada_h = build_ada(args, "H")
     shared = {k: v for k, v in ada_l.state_dict().items() if not k.startswith("model.scheduler.")}
     missing, unexpected = ada_h.load_state_dict(shared, strict=False)
     assert not unexpected and all(k.startswith("model.scheduler.") for k in missing), (missing, unexpected)
@@ -135,6 +144,7 @@ class Config:
     kind: str  # "llava", "L", "H", "vision"
     latency: float | None
     model: torch.nn.Module = field(repr=False)
+    kwargs: dict = field(default_factory=dict)  # extra prefill arguments (e.g. LLaVolta settings)
     prefill: list = field(default_factory=list)
     decode: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
@@ -153,6 +163,7 @@ def run_request(cfg: Config, inputs, n_new: int, flops: bool = False):
     budget = cfg.kind in ("L", "H") and cfg.latency is not None
     input_ids = ids_lat if budget else ids
     kwargs = dict(latency=cfg.latency) if budget else {}
+    kwargs.update(cfg.kwargs)  # prefill only: decoding follows the plan and the pooling record of the prefill
     mask = torch.ones_like(input_ids)
 
     fc = FlopCounterMode(display=False) if flops else None
@@ -166,7 +177,8 @@ def run_request(cfg: Config, inputs, n_new: int, flops: bool = False):
                     logits_to_keep=1, **kwargs)  # fmt: skip
     t1 = time.perf_counter()
     plan = getattr(out, "execution_plan", None)
-    result = dict(prefill_s=t1 - t0, sliced_bytes=plan.sliced_weight_bytes() if plan is not None else 0, plan=plan)
+    result = dict(prefill_s=t1 - t0, sliced_bytes=plan.sliced_weight_bytes() if plan is not None else 0, plan=plan,
+                  reductions=reduction_records(out))  # fmt: skip
     if fc is not None:
         result["prefill_flops"] = _flop_summary(fc)
     cache = out.past_key_values
@@ -191,6 +203,16 @@ def run_request(cfg: Config, inputs, n_new: int, flops: bool = False):
     if plan is not None:
         plan.release()  # as generate does at the end of a request
     return result
+
+
+def reduction_records(out) -> tuple:
+    """The image-token reductions (LLaVolta pooling, ...) a prefill output reports, oldest first: `token_reductions`,
+    or the single `token_pooling` record of earlier versions; () when none."""
+    records = getattr(out, "token_reductions", None)
+    if records is None:
+        single = getattr(out, "token_pooling", None)
+        records = (single,) if single is not None else ()
+    return tuple(records)
 
 
 def _flop_summary(fc: FlopCounterMode) -> dict:
@@ -331,14 +353,8 @@ def pf(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
-    p.add_argument("--name", default=None, help="file stem for md/json/png (default: core, or core_quick with --quick)")
-    p.add_argument("--quick", action="store_true", help="~1 minute smoke run (few reps and tokens)")
-    p.add_argument("--reps", type=int, default=None, help="measured repetitions per configuration (default 20)")
-    p.add_argument("--warmup", type=int, default=None, help="discarded warm-up repetitions (default 2)")
-    p.add_argument("--new-tokens", type=int, default=None, help="greedy decode steps per request (default 16)")
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Model shape, prompt, threads and seed options (shared with the other CPU benchmarks)."""
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--prefix-layers", type=int, default=16)
@@ -351,6 +367,17 @@ def main(argv=None):
     p.add_argument("--question-tokens", type=int, default=16, help="text tokens after the image")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
+    p.add_argument("--name", default=None, help="file stem for md/json/png (default: core, or core_quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="~1 minute smoke run (few reps and tokens)")
+    p.add_argument("--reps", type=int, default=None, help="measured repetitions per configuration (default 20)")
+    p.add_argument("--warmup", type=int, default=None, help="discarded warm-up repetitions (default 2)")
+    p.add_argument("--new-tokens", type=int, default=None, help="greedy decode steps per request (default 16)")
+    add_model_args(p)
     args = p.parse_args(argv)
     if args.reps is None:
         args.reps = 2 if args.quick else 20
