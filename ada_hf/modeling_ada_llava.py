@@ -43,6 +43,7 @@ from .vision_merging import (
     merged_patch_count,
 )
 from .token_reduction import (
+    ILLAVA_LLM_FIELDS,
     LLAVOLTA_FIELDS,
     ReductionRecord,
     expand_preset,
@@ -426,30 +427,19 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
         latency: float | torch.Tensor | None = None,
         num_units: int | torch.Tensor | None = None,
         execution_plan: ExecutionPlan | None = None,
-        llavolta_grouping: str | None = None,
-        llavolta_layer: int | None = None,
-        llavolta_stride: int | None = None,
-        llavolta_position_mode: str | None = None,
-        enable_illava_llm: bool | None = None,
-        illava_llm_k: int | list[int] | str | None = None,
-        illava_llm_r: float | int | None = None,
+        token_reduction_flags: dict | None = None,
         prompt_length: int | None = None,
-        enable_illava_vit: bool | None = None,
-        illava_vit_k: int | list[int] | str | None = None,
-        illava_vit_r: int | float | None = None,
-        token_selecting: str | None = None,
         **kwargs,
     ) -> AdaLlavaModelOutputWithPast:
-        overrides = dict(
-            llavolta_grouping=llavolta_grouping,
-            llavolta_layer=llavolta_layer,
-            llavolta_stride=llavolta_stride,
-            llavolta_position_mode=llavolta_position_mode,
-            enable_illava_llm=enable_illava_llm,
-            illava_llm_k=illava_llm_k,
-            illava_llm_r=illava_llm_r,
-        )
-        vit_overrides = dict(enable_illava_vit=enable_illava_vit, illava_vit_k=illava_vit_k, illava_vit_r=illava_vit_r)
+        r"""
+        token_reduction_flags (`dict`, *optional*):
+            Per-call overrides of the config's token-reduction fields (`llavolta_*`, `enable_illava_*`, `illava_*`,
+            `token_selecting`), as `AdaLlavaForConditionalGeneration.forward` takes them one by one.
+        """
+        flags = token_reduction_flags or {}
+        overrides = {k: flags.get(k) for k in LLAVOLTA_FIELDS + ILLAVA_LLM_FIELDS}
+        vit_overrides = {k: flags.get(k) for k in ILLAVA_VIT_FIELDS}
+        token_selecting = flags.get("token_selecting")
         vit = illava_vit_settings(self.config, vit_overrides)
         pre_llm = llavolta_settings(self.config, overrides)
         pre_llm = pre_llm if pre_llm is not None and pre_llm.layer == -1 else None
@@ -803,8 +793,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             num_units=num_units,
             execution_plan=execution_plan,
             prompt_length=prompt_length,
-            token_selecting=token_selecting,
-            **flags,
+            token_reduction_flags=dict(flags, token_selecting=token_selecting),
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
