@@ -40,7 +40,7 @@ from .vision_merging import (
     collapse_image_tokens,
     feature_layer_index,
     illava_vit_settings,
-    merged_patch_count,
+    image_token_counts,
 )
 from .token_reduction import (
     ILLAVA_LLM_FIELDS,
@@ -610,7 +610,11 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
             cached_plan = None
         if execution_plan is None:
             execution_plan = cached_plan
-        elif cached_plan is not None and not execution_plan.same_schedule(cached_plan):
+        elif (
+            cached_plan is not None
+            and execution_plan is not cached_plan
+            and not execution_plan.same_schedule(cached_plan)
+        ):  # generate hands back the cache's own plan at every decode step: no need to compare it
             raise ValueError("`execution_plan` differs from the plan the cache was made with; start a fresh cache.")
         if execution_plan is not None and execution_plan.batch_size != batch_size:
             raise ValueError(
@@ -909,17 +913,10 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         """Prompts carry a full grid of placeholders per image; vision merging and pooling before the LLM leave fewer
         features: shorten each run to match (re-padding on the left) and encode the images here, with this call's
         settings."""
-        vision = self.config.vision_config
-        patches = (vision.image_size // vision.patch_size) ** 2
-        cls = 1 if self.config.vision_feature_select_strategy == "full" else 0
-        per_image, merged = patches + cls, merged_patch_count(vit, patches) + cls
-        if pre_llm is not None:
-            if merged % pre_llm.stride:
-                raise ValueError(f"llavolta_stride={pre_llm.stride} does not divide the {merged} image tokens.")
-            merged //= pre_llm.stride
+        stride = pre_llm.stride if pre_llm is not None else None
+        per_image, merged = image_token_counts(self.config, vit, stride)
         features = None
         if kwargs.get("pixel_values") is not None and kwargs.get("mm_encoder_outputs") is None:
-            stride = pre_llm.stride if pre_llm is not None else None
             features = self.model.get_image_features(
                 kwargs.pop("pixel_values"), illava_vit=vit, pool_stride=stride, token_selecting=selecting
             )

@@ -59,6 +59,19 @@ def illava_vit_settings(config, overrides: dict | None = None) -> IllavaVitSetti
     return settings
 
 
+def image_token_counts(config, vit: IllavaVitSettings | None, pool_stride: int | None = None) -> tuple[int, int]:
+    """Image placeholders the processor writes per image, and the features the LLM receives per image after vision
+    merging and pooling before the LLM (CLS counted when the strategy keeps it)."""
+    patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    cls = 1 if config.vision_feature_select_strategy == "full" else 0
+    merged = merged_patch_count(vit, patches) + cls
+    if pool_stride is not None:
+        if merged % pool_stride:
+            raise ValueError(f"llavolta_stride={pool_stride} does not divide the {merged} image tokens.")
+        merged //= pool_stride
+    return patches + cls, merged
+
+
 def removed_at(settings: IllavaVitSettings, patches: int) -> int:
     return settings.remove if isinstance(settings.remove, int) else int(settings.remove * patches)
 

@@ -336,7 +336,7 @@ def token_merging_masks(model, processor, image: Image.Image, question: str, **r
     token is appended, as generate does). The image placeholders are shortened for vision merging as generate does,
     so the LLM scores and merges exactly the tokens it would at generate's prefill.
     """
-    from .vision_merging import collapse_image_tokens, merged_patch_count
+    from .vision_merging import collapse_image_tokens, image_token_counts
 
     config = model.config
     vision, _ = reduction_settings(model, **reduction_flags)
@@ -345,15 +345,10 @@ def token_merging_masks(model, processor, image: Image.Image, question: str, **r
     vision_config = config.vision_config
     grid = vision_config.image_size // vision_config.patch_size
     if vision is not None:
-        cls = 1 if config.vision_feature_select_strategy == "full" else 0
         pad = config.text_config.pad_token_id if config.text_config.pad_token_id is not None else 0
+        per_image, merged = image_token_counts(config, vision)
         input_ids, attention_mask = collapse_image_tokens(
-            input_ids,
-            attention_mask,
-            config.image_token_id,
-            grid * grid + cls,
-            merged_patch_count(vision, grid * grid) + cls,
-            pad,
+            input_ids, attention_mask, config.image_token_id, per_image, merged, pad
         )
     if reduction_flags.get("latency") is not None or reduction_flags.get("num_units") is not None:
         latency_id = torch.full_like(input_ids[:, :1], config.latency_token_id)
