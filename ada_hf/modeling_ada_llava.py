@@ -980,6 +980,27 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             raise ValueError("This model has no latency scheduler (config.scheduler_type is None).")
         return self.scheduler.budget_table(self.dtype)
 
+    def image_tokens_per_image(self, token_reduction: str | None = None, **flags) -> int:
+        """Image placeholders per image that `forward` expects with these token-reduction settings (config, then
+        `token_reduction` preset and flags, as `generate` takes them): fewer than the full grid when vision-encoder
+        merging or LLaVolta pooling before the LLM is on. Pass it to the processor as `num_image_tokens=`.
+
+        Raises:
+            `ValueError`: for PruMerge, whose count depends on each image (`generate` collapses the prompt itself).
+        """
+        flags = expand_preset(token_reduction, flags)
+        vit = illava_vit_settings(self.config, {k: flags.get(k) for k in ILLAVA_VIT_FIELDS})
+        pre_llm = llavolta_settings(self.config, {k: flags.get(k) for k in LLAVOLTA_FIELDS})
+        selecting = check_token_selecting(self.config, {k: flags.get(k) for k in (
+            "token_selecting", "enable_illava_vit", "llavolta_grouping")})  # fmt: skip
+        if selecting != "none":
+            raise ValueError(
+                f"token_selecting={selecting!r} chooses a different number of tokens for every image: write the full "
+                "grid of placeholders and let `generate` collapse them."
+            )
+        stride = pre_llm.stride if pre_llm is not None and pre_llm.layer == -1 else None
+        return image_token_counts(self.config, vit, stride)[1]
+
 
 def _drop_column(sequences: torch.Tensor, column: int) -> torch.Tensor:
     return torch.cat([sequences[:, :column], sequences[:, column + 1 :]], dim=1)

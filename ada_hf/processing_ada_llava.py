@@ -138,15 +138,33 @@ class AdaLlavaProcessor(LlavaProcessor):
             **kwargs,
         )
 
-    def __call__(self, images=None, text=None, latency=None, **kwargs):
+    def __call__(self, images=None, text=None, latency=None, num_image_tokens: int | None = None, **kwargs):
         """`LlavaProcessor.__call__`; with `latency=` (a budget, or one per sample) the result also carries
-        `latency`, so `model.generate(**inputs)` and `pipeline("image-text-to-text", ..., latency=0.6)` use it."""
-        inputs = super().__call__(images=images, text=text, **kwargs)
+        `latency`, so `model.generate(**inputs)` and `pipeline("image-text-to-text", ..., latency=0.6)` use it.
+
+        `num_image_tokens` writes that many placeholders per image instead of the full grid: the count the language
+        model receives when vision-encoder merging or pooling before the LLM is on, which
+        `model.image_tokens_per_image(...)` gives for the same flags. `generate` accepts either count; `forward`
+        needs the merged one."""
+        if num_image_tokens is not None and (isinstance(num_image_tokens, bool) or not isinstance(
+                num_image_tokens, int) or num_image_tokens < 1):  # fmt: skip
+            raise ValueError(f"num_image_tokens={num_image_tokens!r} must be a positive int (placeholders per image).")
+        self._placeholders_per_image = num_image_tokens
+        try:
+            inputs = super().__call__(images=images, text=text, **kwargs)
+        finally:
+            self._placeholders_per_image = None
         if latency is not None:
             rows = len(inputs["input_ids"])
             budget = torch.as_tensor(latency, dtype=torch.float32)
             inputs["latency"] = budget.expand(rows).clone() if budget.ndim == 0 else budget
         return inputs
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        count = getattr(self, "_placeholders_per_image", None)
+        if count is None:
+            return super().replace_image_token(image_inputs, image_idx, **kwargs)
+        return self.image_token * count
 
     @property
     def latency_token_id(self) -> int:
