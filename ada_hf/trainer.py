@@ -1,0 +1,335 @@
+"""Training AdaLLaVA with `transformers.Trainer` (ADALLAVA.md section 8): random budgets, presets, tau annealing.
+
+Tooling, not model code: saved checkpoints never import this module.
+
+    trainer = AdaLlavaTrainer(model=model, args=args, train_dataset=data, train_preset="full",
+                              callbacks=[TemperatureAnnealingCallback(5.0, 1.0)])
+    trainer.train()
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+IGNORE_INDEX = -100
+
+# What each preset trains; everything else is frozen (the CLIP tower always is, as in LLaVA and AdaLLaVA).
+TRAIN_PRESETS = {
+    "scheduler": "the latency scheduler only",
+    "full": "scheduler + projector + LLM (the released AdaLLaVA recipe); vision tower frozen",
+    "lora": "LoRA on the LLM's linear layers (peft) + the full scheduler (modules_to_save)",
+}
+
+# LLaVA's LoRA recipe targets every linear layer of the LLM; the regex keeps LoRA out of the CLIP tower and projector.
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+BUDGET_BUCKETS = 10  # loss per budget bucket of width 0.1: loss_budget_0.5-0.6, ...
+
+
+def unwrap_ada_model(model: nn.Module) -> nn.Module:
+    """The AdaLLaVA model under DDP (`.module`) and peft (`get_base_model()`) wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def latency_schedulers(model: nn.Module) -> list[nn.Module]:
+    """Every `LatencyScheduler` in `model`: peft's `modules_to_save` keeps the original and a trained copy.
+
+    Matched by class name so models loaded through remote code (a `transformers_modules` class) count too.
+    """
+    return [m for m in model.modules() if type(m).__name__ == "LatencyScheduler"]
+
+
+def set_scheduler_tau(model: nn.Module, tau: float) -> None:
+    """Set the Gumbel temperature in the config and on the scheduler modules.
+
+    `LatencyScheduler` copies `config.scheduler_tau` into `self.tau` when built and reads that copy, so changing the
+    config alone does not reach a built model.
+    """
+    unwrap_ada_model(model).config.scheduler_tau = float(tau)
+    for scheduler in latency_schedulers(model):
+        scheduler.tau = float(tau)
+
+
+def apply_train_preset(model: nn.Module, preset: str, lora_config=None) -> nn.Module:
+    """Freeze `model` for `preset` (see `TRAIN_PRESETS`) and return the model to train.
+
+    Args:
+        model: an `AdaLlavaForConditionalGeneration` (or a remote-code copy of it).
+        preset: `"scheduler"`, `"full"` or `"lora"`.
+        lora_config: a `peft.LoraConfig` for `"lora"`; by default r=8, alpha=16, dropout 0.05 on every linear layer
+            of the LLM. `"scheduler"` is added to its `modules_to_save` so the scheduler is trained in full.
+
+    Returns:
+        `model` itself, or for `"lora"` the `PeftModel` wrapping it.
+    """
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"train_preset={preset!r} is not a preset: use one of {sorted(TRAIN_PRESETS)}.")
+    base = unwrap_ada_model(model)
+    if getattr(base.model, "scheduler", None) is None:
+        raise ValueError("This model has no latency scheduler (config.scheduler_type is None): nothing to train.")
+    if preset == "lora":
+        return _apply_lora(model, lora_config)
+    model.requires_grad_(False)
+    base.model.scheduler.requires_grad_(True)
+    if preset == "full":
+        base.model.multi_modal_projector.requires_grad_(True)
+        base.model.language_model.requires_grad_(True)
+        base.lm_head.requires_grad_(True)
+    return model
+
+
+def _apply_lora(model: nn.Module, lora_config) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    if lora_config is None:
+        lora_config = LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.05, target_modules=DEFAULT_LORA_TARGETS, task_type="CAUSAL_LM"
+        )
+    saved = list(lora_config.modules_to_save or [])
+    if "scheduler" not in saved:
+        # The scheduler starts from random weights: a low-rank update of it would not do, train all of it.
+        lora_config.modules_to_save = saved + ["scheduler"]
+    return get_peft_model(model, lora_config)
+
+
+def budget_seed(seed: int, global_step: int, rank: int, draw: int, stream: int = 0) -> int:
+    """A well-mixed seed for one budget draw, a pure function of where training is, so a resumed run draws the same."""
+    return int(np.random.SeedSequence([seed, stream, global_step, rank, draw]).generate_state(1)[0])
+
+
+def sample_budget_units(max_units: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """One integer unit count per sample, uniform over {0, ..., max_units} (both ends included).
+
+    The original draws a float budget and quantises it; drawing the count directly trains every count equally.
+    """
+    return torch.randint(0, max_units + 1, (batch_size,), generator=generator)
+
+
+def per_sample_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shifted next-token cross-entropy summed per row, and the supervised tokens per row (labels != -100)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    token_loss = F.cross_entropy(
+        shift_logits.flatten(0, 1), shift_labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(shift_labels.shape)
+    return token_loss.sum(1), (shift_labels != IGNORE_INDEX).sum(1)
+
+
+class AdaLlavaTrainer(Trainer):
+    """`Trainer` for AdaLLaVA: one random budget per sample, LM loss on the answer tokens, per-budget loss logs.
+
+    Each sample gets an integer unit count `u` uniform over `0..U_max`, passed to the model as `num_units` (the
+    model then runs straight-through Gumbel plans in train mode). A batch that already carries `num_units` or
+    `latency` is trained at those budgets. Draws come from a generator seeded by (`args.seed`, global step, process
+    rank, micro-batch), so runs are reproducible and a resumed run continues with the same budgets. The Gumbel noise
+    comes from torch's global RNG, which `Trainer` checkpoints and restores.
+
+    The loss is the token-level cross-entropy of the labels (`-100` elsewhere, so the answer tokens only), summed and
+    divided by `num_items_in_batch`, the supervised tokens of the whole accumulated (and, by default, global) batch:
+    gradient accumulation then gives the same gradients as one large batch.
+
+    Logged with the loss: `budget_mean` (executed share of the units), `units_mean`, and `loss_budget_a-b`, the mean
+    per-sample token loss of the samples whose budget fell in [a, b), over the logging window and all processes.
+
+    Args:
+        train_preset: if given, `apply_train_preset(model, train_preset, lora_config)` runs before `Trainer` sets up.
+        lora_config: the `peft.LoraConfig` for `train_preset="lora"`.
+        Everything else as `transformers.Trainer`.
+    """
+
+    def __init__(self, model: nn.Module | None = None, *args, train_preset: str | None = None, lora_config=None,
+                 **kwargs):  # fmt: skip
+        if train_preset is not None:
+            model = apply_train_preset(model, train_preset, lora_config)
+        base = unwrap_ada_model(model)
+        if getattr(base.model, "scheduler", None) is None:
+            raise ValueError("AdaLlavaTrainer needs a model with a latency scheduler (config.scheduler_type L or H).")
+        # save_pretrained copies the code files (so checkpoints load with trust_remote_code) only when the class is
+        # registered for an Auto class; ada_hf registers it on import, a subclass or a foreign copy may not be.
+        if getattr(type(base), "_auto_class", None) is None:
+            type(base).register_for_auto_class("AutoModelForImageTextToText")
+        if getattr(type(base.config), "_auto_class", None) is None:
+            type(base.config).register_for_auto_class()
+        super().__init__(model, *args, **kwargs)
+        self._draw_step, self._draws = -1, 0
+        self._eval_draws = 0
+        # Per budget bucket: loss sum, samples with answer tokens, units sum, samples.
+        self._budget_stats: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Budgets
+    def _next_generator(self, training: bool) -> torch.Generator:
+        step = self.state.global_step
+        if training:
+            if step != self._draw_step:
+                self._draw_step, self._draws = step, 0
+            draw, stream = self._draws, 0
+            self._draws += 1
+        else:  # a stream of their own, restarted by every evaluate(): each evaluation sees the same budgets
+            step, draw, stream = 0, self._eval_draws, 1
+            self._eval_draws += 1
+        seed = budget_seed(self.args.seed, step, self.args.process_index, draw, stream)
+        return torch.Generator().manual_seed(seed)
+
+    def sample_units(self, batch_size: int, training: bool = True) -> torch.Tensor:
+        """The next batch's unit counts (CPU `LongTensor`), from the reproducible budget generator."""
+        scheduler = unwrap_ada_model(self.model).model.scheduler
+        return sample_budget_units(scheduler.max_units, batch_size, self._next_generator(training))
+
+    def evaluate(self, *args, **kwargs):
+        """`Trainer.evaluate`, with the evaluation budgets restarted so evaluations are comparable across steps."""
+        self._eval_draws = 0
+        return super().evaluate(*args, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Sample budgets (unless the batch has them), run the model, return the answer-token LM loss."""
+        base = unwrap_ada_model(model)
+        # The config is the source of truth for tau (the annealing callback or a user may have changed it).
+        for scheduler in latency_schedulers(base):
+            scheduler.tau = base.config.scheduler_tau
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError("AdaLlavaTrainer needs `labels` (-100 except on the answer tokens) in every batch.")
+        batch_size = labels.shape[0]
+        if inputs.get("num_units") is None and inputs.get("latency") is None:
+            inputs["num_units"] = self.sample_units(batch_size, training=model.training).to(labels.device)
+        outputs = model(**inputs)
+        for record in getattr(outputs, "token_reductions", None) or ():
+            # LLaVolta pooling shortens the sequence; the model keeps a window's first label (as its own loss does).
+            if labels.shape[1] == record.source_length:
+                labels = labels.gather(1, record.kept.to(labels.device))
+        loss_sum, tokens = per_sample_token_loss(outputs.logits, labels)
+
+        if num_items_in_batch is not None:
+            loss = loss_sum.sum() / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                # num_items_in_batch counts every process's tokens and DDP averages gradients: undo the average.
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = loss_sum.sum() / tokens.sum().clamp(min=1)
+        # Tell training_step whether it must still divide by the accumulation steps.
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+
+        if model.training:
+            self._record_budgets(base, outputs, loss_sum.detach(), tokens)
+        return (loss, outputs) if return_outputs else loss
+
+    def _record_budgets(self, base: nn.Module, outputs, loss_sum: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Accumulate per-bucket loss sums on the device; nothing is synchronised until the next log."""
+        plan = getattr(outputs, "execution_plan", None)
+        if plan is None:
+            return
+        scheduler = base.model.scheduler
+        units = plan.units.to(loss_sum.device)
+        budget = (units + scheduler.num_prefix_units).double() / scheduler.num_total_units
+        bucket = torch.floor(budget * BUDGET_BUCKETS + 1e-6).long().clamp(0, BUDGET_BUCKETS - 1)
+        has_tokens = tokens > 0
+        per_sample = torch.where(has_tokens, loss_sum / tokens.clamp(min=1), torch.zeros_like(loss_sum))
+        if self._budget_stats is None:
+            self._budget_stats = torch.zeros(4, BUDGET_BUCKETS, dtype=torch.float64, device=loss_sum.device)
+        stats = self._budget_stats
+        stats[0].index_add_(0, bucket, per_sample.double())
+        stats[1].index_add_(0, bucket, has_tokens.double())
+        stats[2].index_add_(0, bucket, units.double())  # every sample counts for the budget/unit means
+        stats[3].index_add_(0, bucket, torch.ones_like(budget))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the budget statistics of the logging window to the training logs."""
+        if "loss" in logs and self._budget_stats is not None:
+            logs = {**logs, **self._budget_logs()}
+        super().log(logs, start_time)
+
+    def _budget_logs(self) -> dict[str, float]:
+        stats = self._budget_stats
+        # Training logs are written from a step every process reaches, so the collective is safe here.
+        if self.args.world_size > 1:
+            stats = self.accelerator.reduce(stats, reduction="sum")
+        stats = stats.cpu().clone()  # .cpu() is a no-op on CPU: copy before zeroing the window
+        self._budget_stats.zero_()
+        logs = {}
+        samples = stats[3].sum()
+        if samples > 0:
+            scheduler = unwrap_ada_model(self.model).model.scheduler
+            units_mean = float(stats[2].sum() / samples)
+            logs["units_mean"] = round(units_mean, 4)
+            logs["budget_mean"] = round((units_mean + scheduler.num_prefix_units) / scheduler.num_total_units, 4)
+        for i in range(BUDGET_BUCKETS):
+            if stats[1, i] > 0:
+                logs[f"loss_budget_{i / BUDGET_BUCKETS:.1f}-{(i + 1) / BUDGET_BUCKETS:.1f}"] = round(
+                    float(stats[0, i] / stats[1, i]), 4
+                )
+        return logs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Temperature
+TAU_SCHEDULES = ("exponential", "linear", "cosine")
+
+
+def annealed_tau(start: float, end: float, progress: float, schedule: str = "exponential") -> float:
+    """The temperature at `progress` in [0, 1] going from `start` to `end`."""
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "exponential":
+        return start * (end / start) ** progress
+    if schedule == "linear":
+        return start + (end - start) * progress
+    if schedule == "cosine":
+        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"schedule={schedule!r} is not one of {TAU_SCHEDULES}.")
+
+
+class TemperatureAnnealingCallback(TrainerCallback):
+    """Anneal the scheduler's Gumbel temperature from `start` (first optimizer step) to `end` (last one).
+
+    Before each optimizer step `k` of `max_steps` it sets `config.scheduler_tau` (saved with checkpoints) and the
+    schedulers' own copy to `annealed_tau(start, end, k / (max_steps - 1), schedule)`. A pure function of the step, so
+    a resumed run continues on the same curve.
+    """
+
+    def __init__(self, start: float, end: float, schedule: str = "exponential"):
+        if start <= 0 or end <= 0:
+            raise ValueError(f"Temperatures must be positive, got start={start}, end={end}.")
+        if schedule not in TAU_SCHEDULES:
+            raise ValueError(f"schedule={schedule!r} is not one of {TAU_SCHEDULES}.")
+        self.start, self.end, self.schedule = float(start), float(end), schedule
+
+    def tau_at(self, global_step: int, max_steps: int) -> float:
+        """The temperature used by optimizer step `global_step` (0-based) of `max_steps`."""
+        return annealed_tau(self.start, self.end, global_step / max(max_steps - 1, 1), self.schedule)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._apply(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._apply(state, model)
+
+    def _apply(self, state, model) -> None:
+        if model is not None:
+            set_scheduler_tau(model, self.tau_at(state.global_step, state.max_steps))
+
+
+__all__ = [
+    "AdaLlavaTrainer",
+    "TRAIN_PRESETS",
+    "TemperatureAnnealingCallback",
+    "annealed_tau",
+    "apply_train_preset",
+    "sample_budget_units",
+    "set_scheduler_tau",
+    "unwrap_ada_model",
+]
