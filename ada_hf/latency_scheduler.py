@@ -77,7 +77,7 @@ class LatencyScheduler(nn.Module):
             head_size = self.num_suffix_layers * 2 * self.num_heads
         self.latency_encoder = LatencyEncoder(config.latency_embed_dim, text.hidden_size, config.latency_freq_base)
         self.mlp_head = nn.Linear(text.hidden_size, head_size)
-        self.tau = config.scheduler_tau
+        self.tau = config.scheduler_tau  # used when `forward` is not given one (the model passes its config's)
 
     @property
     def max_units(self) -> int:
@@ -168,15 +168,18 @@ class LatencyScheduler(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------------------
     # Plans
-    def forward(self, hidden: torch.Tensor, units: torch.Tensor) -> ExecutionPlan:
-        """Pick `units[b]` suffix units for each row from the latency token's hidden state `hidden` `[B, d]`."""
+    def forward(self, hidden: torch.Tensor, units: torch.Tensor, tau: float | None = None) -> ExecutionPlan:
+        """Pick `units[b]` suffix units for each row from the latency token's hidden state `hidden` `[B, d]`; in
+        training with Gumbel noise at temperature `tau` (default `self.tau`)."""
         logits = self.mlp_head(hidden)
+        tau = self.tau if tau is None else tau
         if self.scheduler_type == "L":
-            suffix = self._select_layers(logits, units)  # [B, S]
+            suffix = self._select_layers(logits, units, tau)  # [B, S]
             heads = suffix[:, :, None].expand(-1, -1, self.num_heads)
             groups = heads
         else:
-            suffix = self._select_head_groups(logits.view(-1, self.num_suffix_layers, 2 * self.num_heads), units)
+            shaped = logits.view(-1, self.num_suffix_layers, 2 * self.num_heads)
+            suffix = self._select_head_groups(shaped, units, tau)
             heads, groups = suffix[..., : self.num_heads], suffix[..., self.num_heads :]
         prefix = heads.new_ones(heads.shape[0], self.num_prefix_layers, self.num_heads)
         return ExecutionPlan(
@@ -188,25 +191,25 @@ class LatencyScheduler(nn.Module):
             num_total_units=self.num_total_units,
         )
 
-    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
+    def _scores(self, logits: torch.Tensor, tau: float) -> torch.Tensor:
         if self.training:
-            return (logits + _gumbel(logits)) / self.tau
+            return (logits + _gumbel(logits)) / tau
         return logits
 
-    def _select_layers(self, logits: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    def _select_layers(self, logits: torch.Tensor, units: torch.Tensor, tau: float) -> torch.Tensor:
         """`n_times_gumbel`: `u` sequential masked (Gumbel-)argmax picks without replacement, straight-through."""
         picked = torch.zeros_like(logits, dtype=torch.bool)
         mask = torch.zeros_like(logits)
         for step in range(int(units.max().item()) if units.numel() else 0):
             active = (units > step)[:, None]
-            y_soft = self._scores(logits).masked_fill(picked, float("-inf")).softmax(dim=-1)
+            y_soft = self._scores(logits, tau).masked_fill(picked, float("-inf")).softmax(dim=-1)
             y_hard = F.one_hot(y_soft.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
             y = _straight_through(y_hard, y_soft) if self.training else y_hard
             mask = mask + y * active
             picked = picked | (y_hard.bool() & active)
         return mask
 
-    def _select_head_groups(self, logits: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    def _select_head_groups(self, logits: torch.Tensor, units: torch.Tensor, tau: float) -> torch.Tensor:
         """
         Variant H: each unit first picks one layer (the one holding the best unselected entry over its 2H logits),
         then `r` new attention heads and `r` new MLP groups inside it. Returns the `[B, S, 2H]` mask.
@@ -217,7 +220,7 @@ class LatencyScheduler(nn.Module):
         mask = torch.zeros_like(logits)
         for step in range(int(units.max().item()) if units.numel() else 0):
             active = (units > step)[:, None, None]
-            flat = self._scores(logits.flatten(1)).masked_fill(picked.flatten(1), float("-inf"))
+            flat = self._scores(logits.flatten(1), tau).masked_fill(picked.flatten(1), float("-inf"))
             y_soft = flat.softmax(dim=-1)
             y_hard = F.one_hot(y_soft.argmax(dim=-1), num_suffix * width).to(logits.dtype)
             entry = _straight_through(y_hard, y_soft) if self.training else y_hard
@@ -227,7 +230,7 @@ class LatencyScheduler(nn.Module):
             layer_picked = (picked & layer_hard[:, :, None]).any(1).view(batch, 2, heads)
             chosen, chosen_hard = [], []
             for kind in range(2):  # 0: attention heads, 1: MLP neuron groups
-                scores = self._scores(layer_logits[:, kind]).masked_fill(layer_picked[:, kind], float("-inf"))
+                scores = self._scores(layer_logits[:, kind], tau).masked_fill(layer_picked[:, kind], float("-inf"))
                 k_soft = scores.softmax(dim=-1)
                 top = k_soft.topk(self.rank, dim=-1).indices
                 k_hard = torch.zeros_like(k_soft).scatter(-1, top, 1.0)

@@ -68,6 +68,7 @@ class SchedulingState:
     positions: torch.Tensor | None = None  # where each row's <latency> token sits in the current input
     latency_embeds: torch.Tensor | None = None
     plan: ExecutionPlan | None = None
+    tau: float | None = None  # Gumbel temperature in training: config.scheduler_tau at call time (annealing changes it)
 
 
 @dataclass
@@ -221,7 +222,9 @@ class AdaLlamaModel(LlamaModel):
             if scheduling is not None and idx == num_prefix_layers and scheduling.plan is None:
                 rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
                 latency_hidden = hidden_states[rows, scheduling.positions.to(hidden_states.device)]
-                scheduling.plan = scheduling.scheduler(latency_hidden, scheduling.units.to(hidden_states.device))
+                scheduling.plan = scheduling.scheduler(
+                    latency_hidden, scheduling.units.to(hidden_states.device), tau=scheduling.tau
+                )
             lp = None
             if scheduling is not None and idx >= num_prefix_layers:
                 lp = self._layer_plan(scheduling.plan, idx, decoder_layer, past_key_values)
@@ -678,6 +681,7 @@ class AdaLlavaModel(AdaLlavaPreTrainedModel, LlavaModel):
             positions=positions,
             latency_embeds=self.scheduler.encode(units, self.dtype),
             plan=execution_plan,
+            tau=self.config.scheduler_tau,
         )
 
 

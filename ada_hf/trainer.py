@@ -43,23 +43,9 @@ def unwrap_ada_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def latency_schedulers(model: nn.Module) -> list[nn.Module]:
-    """Every `LatencyScheduler` in `model`: peft's `modules_to_save` keeps the original and a trained copy.
-
-    Matched by class name so models loaded through remote code (a `transformers_modules` class) count too.
-    """
-    return [m for m in model.modules() if type(m).__name__ == "LatencyScheduler"]
-
-
 def set_scheduler_tau(model: nn.Module, tau: float) -> None:
-    """Set the Gumbel temperature in the config and on the scheduler modules.
-
-    `LatencyScheduler` copies `config.scheduler_tau` into `self.tau` when built and reads that copy, so changing the
-    config alone does not reach a built model.
-    """
+    """Set the Gumbel temperature of training: `config.scheduler_tau`, which the model reads at every forward."""
     unwrap_ada_model(model).config.scheduler_tau = float(tau)
-    for scheduler in latency_schedulers(model):
-        scheduler.tau = float(tau)
 
 
 def apply_train_preset(model: nn.Module, preset: str, lora_config=None) -> nn.Module:
@@ -197,10 +183,6 @@ class AdaLlavaTrainer(Trainer):
     # Loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Sample budgets (unless the batch has them), run the model, return the answer-token LM loss."""
-        base = unwrap_ada_model(model)
-        # The config is the source of truth for tau (the annealing callback or a user may have changed it).
-        for scheduler in latency_schedulers(base):
-            scheduler.tau = base.config.scheduler_tau
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
         if labels is None:
@@ -226,17 +208,16 @@ class AdaLlavaTrainer(Trainer):
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
 
         if model.training:
-            self._record_budgets(base, outputs, loss_sum.detach(), tokens)
+            self._record_budgets(outputs, loss_sum.detach(), tokens)
         return (loss, outputs) if return_outputs else loss
 
-    def _record_budgets(self, base: nn.Module, outputs, loss_sum: torch.Tensor, tokens: torch.Tensor) -> None:
+    def _record_budgets(self, outputs, loss_sum: torch.Tensor, tokens: torch.Tensor) -> None:
         """Accumulate per-bucket loss sums on the device; nothing is synchronised until the next log."""
         plan = getattr(outputs, "execution_plan", None)
         if plan is None:
             return
-        scheduler = base.model.scheduler
         units = plan.units.to(loss_sum.device)
-        budget = (units + scheduler.num_prefix_units).double() / scheduler.num_total_units
+        budget = (units + plan.num_prefix_units).double() / plan.num_total_units
         bucket = torch.floor(budget * BUDGET_BUCKETS + 1e-6).long().clamp(0, BUDGET_BUCKETS - 1)
         has_tokens = tokens > 0
         per_sample = torch.where(has_tokens, loss_sum / tokens.clamp(min=1), torch.zeros_like(loss_sum))

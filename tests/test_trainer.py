@@ -255,7 +255,7 @@ def test_temperature_callback_sets_the_tau_the_scheduler_uses(tmp_path, schedule
     model = make_model("L")
     seen = []
     model.scheduler.register_forward_pre_hook(
-        lambda module, args: seen.append((module.tau, model.config.scheduler_tau))
+        lambda module, args, kwargs: seen.append((kwargs["tau"], model.config.scheduler_tau)), with_kwargs=True
     )
     callback = TemperatureAnnealingCallback(4.0, 0.5, schedule)
     trainer = AdaLlavaTrainer(model=model, args=train_args(tmp_path, max_steps=5, gradient_accumulation_steps=2),
@@ -263,7 +263,7 @@ def test_temperature_callback_sets_the_tau_the_scheduler_uses(tmp_path, schedule
     trainer.train()
     expected = [annealed_tau(4.0, 0.5, k / 4, schedule) for k in range(5)]
     assert [tau for tau, _ in seen] == pytest.approx([t for t in expected for _ in range(2)])  # per optimizer step
-    assert all(a == b for a, b in seen)  # the module's copy follows the config
+    assert all(a == b for a, b in seen)  # the model passes the config's tau at every forward
     assert model.config.scheduler_tau == pytest.approx(0.5)
 
 
