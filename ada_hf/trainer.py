@@ -10,12 +10,14 @@ Tooling, not model code: saved checkpoints never import this module.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 IGNORE_INDEX = -100
 
@@ -113,6 +115,129 @@ def per_sample_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     return token_loss.sum(1), (shift_labels != IGNORE_INDEX).sum(1)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Arguments and the modality-grouped sampler
+@dataclass
+class AdaLlavaTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus LLaVA's `group_by_modality_length` and `warmup_ratio` flags.
+
+    Args:
+        group_by_modality_length: sample with `ModalityLengthGroupedSampler` over the dataset's `modality_lengths`
+            (LLaVA's sampler: image and text-only samples never share a mega-batch).
+        warmup_ratio: LLaVA's flag; transformers 5 folded it into `warmup_steps` (a float below 1 is a ratio). When
+            given, it replaces `warmup_steps`.
+    """
+
+    group_by_modality_length: bool = field(
+        default=False,
+        metadata={"help": "Group image and text-only samples into separate mega-batches, length-grouped within "
+                          "(LLaVA's sampler; needs a dataset with `modality_lengths`)."},
+    )  # fmt: skip
+    warmup_ratio: float | None = field(
+        default=None,
+        metadata={"help": "Warmup as a share of the training steps (LLaVA's flag); replaces `warmup_steps`."},
+    )
+
+    def __post_init__(self):
+        if self.warmup_ratio is not None:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+            self.warmup_steps = float(self.warmup_ratio)
+        super().__post_init__()
+
+
+def _split_to_even_chunks(indices: list[int], lengths: Sequence[int], num_chunks: int) -> list[list[int]]:
+    """LLaVA's `split_to_even_chunks`: `num_chunks` equal-size chunks of similar total length (greedy)."""
+    if len(indices) % num_chunks != 0:
+        return [indices[i::num_chunks] for i in range(num_chunks)]
+    per_chunk = len(indices) // num_chunks
+    chunks: list[list[int]] = [[] for _ in range(num_chunks)]
+    totals = [0.0] * num_chunks
+    for index in indices:
+        shortest = totals.index(min(totals))
+        chunks[shortest].append(index)
+        totals[shortest] += lengths[index]
+        if len(chunks[shortest]) == per_chunk:
+            totals[shortest] = float("inf")
+    return chunks
+
+
+def length_grouped_megabatches(lengths: Sequence[int], batch_size: int, world_size: int,
+                               generator: torch.Generator) -> list[list[int]]:  # fmt: skip
+    """LLaVA's `get_length_grouped_indices`, as mega-batches: a random permutation cut into mega-batches of
+    `world_size * batch_size`, each sorted by length (longest first) and split into `world_size` batches of similar
+    total length. Returns the mega-batches, each the concatenation of its batches."""
+    indices = torch.randperm(len(lengths), generator=generator).tolist()
+    size = world_size * batch_size
+    megabatches = []
+    for start in range(0, len(indices), size):
+        megabatch = sorted(indices[start : start + size], key=lambda i: lengths[i], reverse=True)
+        megabatches.append([i for chunk in _split_to_even_chunks(megabatch, lengths, world_size) for i in chunk])
+    return megabatches
+
+
+def modality_length_grouped_megabatches(modality_lengths: Sequence[int], batch_size: int, world_size: int,
+                                        generator: torch.Generator) -> list[list[int]]:  # fmt: skip
+    """LLaVA's `get_modality_length_grouped_indices`, as mega-batches (see `ModalityLengthGroupedSampler`)."""
+    if any(length == 0 for length in modality_lengths):
+        raise ValueError("modality_lengths must not contain 0 (positive: image sample, negative: text-only).")
+    images = [i for i, n in enumerate(modality_lengths) if n > 0]
+    texts = [i for i, n in enumerate(modality_lengths) if n < 0]
+    size = world_size * batch_size
+    full, partial = [], []
+    for group in (images, texts):
+        if not group:
+            continue
+        lengths = [abs(modality_lengths[i]) for i in group]
+        for megabatch in length_grouped_megabatches(lengths, batch_size, world_size, generator):
+            (full if len(megabatch) == size else partial).append([group[i] for i in megabatch])
+    order = torch.randperm(len(full), generator=generator).tolist()
+    return [full[i] for i in order] + partial
+
+
+class ModalityLengthGroupedSampler(torch.utils.data.Sampler):
+    """LLaVA's `LengthGroupedSampler(group_by_modality=True)`, seeded per epoch.
+
+    Image samples (positive `modality_lengths`) and text-only samples (negative) are each shuffled and cut into
+    mega-batches of `world_size * batch_size` indices (`Trainer` passes the per-device batch and
+    `world_size = processes * gradient_accumulation_steps`, so a mega-batch is one optimizer step of every process),
+    sorted by length within and split into batches of similar total length; the full mega-batches of both modalities
+    are then shuffled together. Every index comes once per epoch.
+
+    The order is a pure function of `seed + epoch` (`set_epoch`, which `Trainer` calls every epoch): every process
+    computes the same order without synchronising RNGs, and a resumed run sees the same batches.
+
+    Differences from LLaVA: its inner shuffles use torch's global RNG, here one seeded generator; LLaVA merges the
+    last, partial mega-batch of each modality into one mixed mega-batch (sorted by index, and even when a modality's
+    last mega-batch is full); here only partial mega-batches trail, image then text-only, so no mega-batch mixes
+    modalities (one per-device batch can still straddle the two when the image remainder is not a multiple of the
+    batch size).
+    """
+
+    def __init__(self, modality_lengths: Sequence[int], batch_size: int, world_size: int = 1, seed: int = 0):
+        if batch_size < 1 or world_size < 1:
+            raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size} and {world_size}.")
+        self.modality_lengths = [int(n) for n in modality_lengths]
+        if any(n == 0 for n in self.modality_lengths):
+            raise ValueError("modality_lengths must not contain 0 (positive: image sample, negative: text-only).")
+        self.batch_size, self.world_size, self.seed = batch_size, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def megabatches(self) -> list[list[int]]:
+        """This epoch's mega-batches, in order."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return modality_length_grouped_megabatches(self.modality_lengths, self.batch_size, self.world_size, generator)
+
+    def __len__(self) -> int:
+        return len(self.modality_lengths)
+
+    def __iter__(self):
+        return iter([i for megabatch in self.megabatches() for i in megabatch])
+
+
 class AdaLlavaTrainer(Trainer):
     """`Trainer` for AdaLLaVA: one random budget per sample, LM loss on the answer tokens, per-budget loss logs.
 
@@ -128,6 +253,9 @@ class AdaLlavaTrainer(Trainer):
 
     Logged with the loss: `budget_mean` (executed share of the units), `units_mean`, and `loss_budget_a-b`, the mean
     per-sample token loss of the samples whose budget fell in [a, b), over the logging window and all processes.
+
+    With `AdaLlavaTrainingArguments(group_by_modality_length=True)` the training data is sampled with
+    `ModalityLengthGroupedSampler` over the dataset's `modality_lengths` (`LlavaSupervisedDataset` has them).
 
     Args:
         train_preset: if given, `apply_train_preset(model, train_preset, lora_config)` runs before `Trainer` sets up.
@@ -153,6 +281,31 @@ class AdaLlavaTrainer(Trainer):
         self._eval_draws = 0
         # Per budget bucket: loss sum, samples with answer tokens, units sum, samples.
         self._budget_stats: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Sampling
+    def _get_train_sampler(self, train_dataset=None):
+        """LLaVA's modality-grouped sampler when `args.group_by_modality_length`, else `Trainer`'s."""
+        if not getattr(self.args, "group_by_modality_length", False):
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "random":
+            raise ValueError(f"group_by_modality_length replaces the sampler: it cannot be combined with "
+                             f"train_sampling_strategy={self.args.train_sampling_strategy!r}.")  # fmt: skip
+        modality_lengths = getattr(dataset, "modality_lengths", None)
+        if modality_lengths is None:
+            raise ValueError(f"group_by_modality_length needs a training dataset with a `modality_lengths` attribute "
+                             f"(positive lengths for image samples, negative for text-only), as "
+                             f"LlavaSupervisedDataset has; {type(dataset).__name__} has none.")  # fmt: skip
+        if len(modality_lengths) != len(dataset):
+            raise ValueError(f"modality_lengths has {len(modality_lengths)} entries for {len(dataset)} samples.")
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return ModalityLengthGroupedSampler(
+            modality_lengths,
+            batch_size=self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            seed=seed,
+        )
 
     # ----------------------------------------------------------------------------------------------------------------
     # Budgets
@@ -306,6 +459,8 @@ class TemperatureAnnealingCallback(TrainerCallback):
 
 __all__ = [
     "AdaLlavaTrainer",
+    "AdaLlavaTrainingArguments",
+    "ModalityLengthGroupedSampler",
     "TRAIN_PRESETS",
     "TemperatureAnnealingCallback",
     "annealed_tau",

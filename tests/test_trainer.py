@@ -13,6 +13,8 @@ from ada_hf import AdaLlavaForConditionalGeneration
 from ada_hf.llavolta_schedule import LlavoltaScheduleCallback
 from ada_hf.trainer import (
     AdaLlavaTrainer,
+    AdaLlavaTrainingArguments,
+    ModalityLengthGroupedSampler,
     TemperatureAnnealingCallback,
     annealed_tau,
     apply_train_preset,
@@ -331,3 +333,163 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path):
         assert torch.equal(a, b), name
     assert resumed.config.llavolta_stage == straight.config.llavolta_stage == 2
     assert resumed.config.scheduler_tau == straight.config.scheduler_tau == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# group_by_modality_length (LLaVA's modality-grouped sampler)
+def mixed_modality_lengths(n=61, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(5, 300, (n,), generator=g)
+    is_image = torch.rand(n, generator=g) < 0.7
+    return torch.where(is_image, lengths, -lengths).tolist()
+
+
+@pytest.mark.parametrize("batch_size, world_size", [(2, 1), (2, 4), (3, 2), (4, 8)])
+def test_modality_sampler_never_mixes_modalities_in_a_megabatch(batch_size, world_size):
+    modality_lengths = mixed_modality_lengths()
+    sampler = ModalityLengthGroupedSampler(modality_lengths, batch_size, world_size, seed=0)
+    megabatches = sampler.megabatches()
+    size = batch_size * world_size
+    for megabatch in megabatches:
+        assert len({modality_lengths[i] > 0 for i in megabatch}) == 1, megabatch
+    # Full mega-batches first; at most one partial mega-batch per modality, at the end.
+    sizes = [len(m) for m in megabatches]
+    partial = [s for s in sizes if s != size]
+    assert len(partial) <= 2 and sizes[len(sizes) - len(partial) :] == partial
+    # The flat order is the mega-batches' concatenation, and every index comes exactly once.
+    assert list(sampler) == [i for m in megabatches for i in m]
+    assert sorted(sampler) == list(range(len(modality_lengths))) and len(sampler) == len(modality_lengths)
+
+
+def test_modality_sampler_groups_lengths_within_a_megabatch():
+    modality_lengths = mixed_modality_lengths(200)
+    sampler = ModalityLengthGroupedSampler(modality_lengths, batch_size=4, world_size=1, seed=0)
+    for megabatch in sampler.megabatches():
+        lengths = [abs(modality_lengths[i]) for i in megabatch]
+        assert lengths == sorted(lengths, reverse=True)  # one batch per mega-batch: longest first, as LLaVA
+    # With several batches per mega-batch, the batches get similar total lengths (LLaVA's split_to_even_chunks).
+    sampler = ModalityLengthGroupedSampler(modality_lengths, batch_size=4, world_size=4, seed=0)
+    full = [m for m in sampler.megabatches() if len(m) == 16]
+    spread = [max(t) - min(t) for m in full for t in [[sum(abs(modality_lengths[i]) for i in m[k : k + 4])
+                                                       for k in range(0, 16, 4)]]]  # fmt: skip
+    assert sum(spread) / len(spread) < 150  # a random split of lengths 5-300 would spread far more
+
+
+def test_modality_sampler_is_deterministic_per_seed_and_epoch():
+    modality_lengths = mixed_modality_lengths()
+
+    def order(seed, epoch):
+        sampler = ModalityLengthGroupedSampler(modality_lengths, 2, 2, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    torch.manual_seed(123)  # the global RNG plays no part
+    first = order(0, 0)
+    torch.manual_seed(456)
+    assert order(0, 0) == first
+    assert order(0, 1) != first and order(1, 0) != first
+    assert sorted(order(0, 1)) == sorted(first)
+
+
+def test_modality_sampler_with_one_modality_and_bad_lengths():
+    images_only = ModalityLengthGroupedSampler([5, 9, 7, 3, 8], batch_size=2, seed=0)
+    assert sorted(images_only) == list(range(5))
+    texts_only = ModalityLengthGroupedSampler([-5, -9, -7, -3, -8], batch_size=5, seed=0)
+    assert list(texts_only) == [1, 4, 2, 0, 3]  # one mega-batch, longest first
+    with pytest.raises(ValueError, match="must not contain 0"):
+        ModalityLengthGroupedSampler([5, 0, -3], batch_size=2)
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    """Items are their own index; `modality_lengths` as LlavaSupervisedDataset's."""
+
+    def __init__(self, modality_lengths):
+        self.modality_lengths = modality_lengths
+
+    def __len__(self):
+        return len(self.modality_lengths)
+
+    def __getitem__(self, i):
+        return {"index": i}
+
+
+def test_trainer_samples_by_modality_with_group_by_modality_length(tmp_path):
+    modality_lengths = mixed_modality_lengths(40)
+    args = AdaLlavaTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2, use_cpu=True,
+        report_to="none", group_by_modality_length=True, remove_unused_columns=False, seed=7,
+        dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = AdaLlavaTrainer(model=make_model("L"), args=args, train_dataset=IndexDataset(modality_lengths),
+                              data_collator=lambda rows: [r["index"] for r in rows])  # fmt: skip
+    loader = trainer.get_train_dataloader()
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, ModalityLengthGroupedSampler)
+    assert (sampler.batch_size, sampler.world_size, sampler.seed) == (2, 2, 7)  # world = processes x accumulation
+
+    def epoch_batches(epoch):
+        loader.set_epoch(epoch)  # what Trainer does at the start of every epoch
+        return list(loader)
+
+    first = epoch_batches(0)
+    assert [i for batch in first for i in batch] == list(sampler)
+    mixed = [batch for batch in first if len({modality_lengths[i] > 0 for i in batch}) > 1]
+    assert len(mixed) <= 1  # at most the batch that straddles the two trailing partial mega-batches
+    assert sorted(i for batch in first for i in batch) == list(range(40))
+    assert epoch_batches(0) == first and epoch_batches(1) != first
+
+
+def test_group_by_modality_length_needs_modality_lengths(tmp_path):
+    args = AdaLlavaTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                     group_by_modality_length=True)  # fmt: skip
+    trainer = AdaLlavaTrainer(model=make_model("L"), args=args, train_dataset=make_rows(4))
+    with pytest.raises(ValueError, match="modality_lengths"):
+        trainer.get_train_dataloader()
+    # Without the flag the dataset needs no such attribute (Trainer's random sampler).
+    plain = AdaLlavaTrainer(model=make_model("L"), args=train_args(tmp_path), train_dataset=make_rows(4))
+    assert not isinstance(plain._get_train_sampler(), ModalityLengthGroupedSampler)
+
+
+def test_training_arguments_take_llava_warmup_ratio(tmp_path):
+    args = AdaLlavaTrainingArguments(output_dir=str(tmp_path), warmup_ratio=0.03)
+    assert args.warmup_steps == 0.03 and not args.group_by_modality_length
+    assert AdaLlavaTrainingArguments(output_dir=str(tmp_path), warmup_steps=10, warmup_ratio=0.1).warmup_steps == 0.1
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        AdaLlavaTrainingArguments(output_dir=str(tmp_path), warmup_ratio=1.5)
+
+
+class RowsWithModalityLengths(torch.utils.data.Dataset):
+    def __init__(self, rows, modality_lengths):
+        self.rows, self.modality_lengths = rows, modality_lengths
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def test_resuming_with_group_by_modality_length_continues_exactly(tmp_path):
+    # The sampler only orders indices: made-up modality lengths over same-shaped rows. 8 rows, batch 2, 6 steps: the
+    # resumed run skips into epoch 0's order and then crosses into epoch 1's.
+    modality_lengths = [5, -3, 7, -2, 9, 4, -6, 8]
+
+    def run(out, stop=None, resume=None):
+        model = make_model("L")
+        args = AdaLlavaTrainingArguments(
+            output_dir=str(out), per_device_train_batch_size=2, max_steps=6, learning_rate=1e-2, report_to="none",
+            use_cpu=True, save_strategy="steps", save_steps=3, logging_steps=1, disable_tqdm=True, seed=0,
+            dataloader_num_workers=0, group_by_modality_length=True, remove_unused_columns=False,
+        )  # fmt: skip
+        callbacks = [StopAt(stop)] if stop else []
+        dataset = RowsWithModalityLengths(make_rows(8), modality_lengths)
+        trainer = AdaLlavaTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
+                                  callbacks=callbacks, train_preset="full")  # fmt: skip
+        trainer.train(resume_from_checkpoint=resume)
+        return model
+
+    straight = run(tmp_path / "straight")
+    run(tmp_path / "interrupted", stop=3)
+    resumed = run(tmp_path / "interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-3"))
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), name
