@@ -43,6 +43,17 @@ from ada_hf.token_reduction import TOKEN_REDUCTION_PRESETS  # noqa: E402
 from ada_hf.vision_merging import collapse_image_tokens  # noqa: E402
 
 TOL_TIME_VS_FLOPS = 0.15
+PRUMERGE_NOTE = """
+## Reading the PruMerge rows
+
+With random CLIP weights, few patches are CLS-attention outliers, so PruMerge keeps 2 image tokens and PruMerge+ 6 (the
+published models keep about 32 and 144 of 576). The prefill is then about 30 tokens long, and at that length a decoder
+layer's time on a CPU is mostly a fixed cost (operator dispatch and bringing the layer's weights through the caches;
+`bench_reduction.py` measures about 1.2 ms per layer at 8 tokens), which FLOPs do not see: the same gap appears for a
+text-only prompt of the same length in `reduction.md`. The time ratio therefore stays at about twice the FLOPs ratio,
+and the 15% target fails for these rows. That is a property of tiny sequences on this CPU, not of the selection code
+(cached and uncached generation agree).
+"""
 
 # name, latency, settings
 CONFIGS = [("plain", None, {})]
@@ -203,7 +214,7 @@ def render(args, configs, checks, foreign, wall, code) -> str:
         )
     lines += ["", "## Targets", "", "| target | measured | result |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {r} |" for t, m, r in checks]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + PRUMERGE_NOTE
 
 
 if __name__ == "__main__":
