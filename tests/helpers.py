@@ -81,3 +81,25 @@ def run_without_ada_hf(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_torchrun(script_and_args: list[str], env: dict, nproc: int = 2, timeout: float = 120) -> str:
+    """Run `torchrun --standalone --nproc_per_node nproc script args...` on the CPU and return its combined output.
+
+    The launcher gets its own session, so a hang ends with its whole process group (its workers included) killed.
+    Raises `AssertionError` with the output's tail on a timeout or a non-zero exit.
+    """
+    import signal
+
+    env = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    process = subprocess.Popen(command + [str(a) for a in script_and_args], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError("torchrun timed out:\n" + output[-4000:]) from None
+    assert process.returncode == 0, output[-4000:]
+    return output

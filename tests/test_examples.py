@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from ada_hf.trainer import AdaLlavaTrainingArguments
-from helpers import run_without_ada_hf
+from helpers import run_torchrun, run_without_ada_hf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,21 +122,8 @@ def test_train_scheduler_tiny_run_saves_a_model_that_loads_with_remote_code(tmp_
 
 def test_train_scheduler_tiny_under_torchrun_with_two_processes(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, **script_env(tmp_path)}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(TRAIN_SCRIPT), "--tiny", "--output_dir", str(out), "--disable_tqdm", "True",
-               "--seed", "3"]  # fmt: skip
-    # Own session, so a hang can be ended with the launcher's whole process group (its workers included).
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)  # fmt: skip
-    try:
-        output, _ = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        raise AssertionError("torchrun timed out:\n" + output[-4000:]) from None
-    assert process.returncode == 0, output[-4000:]
+    output = run_torchrun([TRAIN_SCRIPT, "--tiny", "--output_dir", out, "--disable_tqdm", "True", "--seed", "3"],
+                          env={**os.environ, **script_env(tmp_path)})  # fmt: skip
     assert output.count("9 samples (6 with an image)") == 2  # both ranks built the data
     assert output.count("saved to") == 1  # only the main process saves
     # 9 samples, 2 per device on 2 processes: 3 optimizer steps per epoch, so 4 steps end in epoch 2.
