@@ -3,9 +3,9 @@
 Training tooling, not remote code: the model files never import this module.
 
 Every scene is a small square image (56x56 by default) holding 1 to 4 objects on a dark background. An object is a
-circle, square or triangle in one of five colours, drawn with PIL in its own cell of a 3x3 grid (with a little jitter),
-so objects never overlap and "left"/"top" are well defined by grid column/row. Four question families, each answered
-by one word:
+circle, square or triangle in one of five colours (or the first few of them: `colors=`), drawn with PIL in its own
+cell of a 3x3 grid (`grid=`; with a little jitter), so objects never overlap and "left"/"top" are well defined by grid
+column/row. Five question families (four kinds of question), each answered by one word:
 
 * colour of a shape      "What color is the circle?"            -> red / green / blue / yellow / white
   (asked only when exactly one object has that shape)
@@ -14,6 +14,10 @@ by one word:
 * position               "What shape is on the left?"            -> circle / square / triangle
   (left/right/top/bottom: asked only when one object alone is the extreme one)
 * existence              "Is there a blue triangle?"              -> yes / no (balanced)
+
+Training samples can hold several question turns about their image, and a training-only "Describe the image." turn
+whose answer lists the objects in reading order ("red circle , blue square"): dense supervision that helps a model
+trained from scratch learn to look at the image. Test samples are single questions of the five families.
 
 Everything is a pure function of the seed. The split is held out by scene: a scene's content (the sorted list of
 shape, colour and grid cell of its objects) is hashed, and one tenth of all possible contents (by default) belongs to

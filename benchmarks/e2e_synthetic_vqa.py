@@ -1,7 +1,8 @@
 """End-to-end proof on a synthetic VQA task: a tiny LLaVA trained from scratch, then AdaLLaVA-L and -H on top of it.
 
-STATUS (2026-11-21): work in progress. The base model does not yet learn to read the images (test accuracy
-about 45-57%, prior level, in every setting tried on 2 CPU cores); no results are claimed from this script yet.
+STATUS (2026-11-21): the pipeline runs end to end in 28.6 min on 2 CPU cores, but within that budget the
+from-scratch base model learns the task only weakly (51.9 % on the held-out questions, 45.1 % from the question
+alone), so the comparison of the four systems is inconclusive; see `benchmarks/results/e2e_vqa.md`.
 
     .venv/bin/python benchmarks/e2e_synthetic_vqa.py          # the full run (README table and plot, < 45 min, 2 cores)
     .venv/bin/python benchmarks/e2e_synthetic_vqa.py --quick  # a smoke run of every step (about a minute)
@@ -22,8 +23,9 @@ Steps, all with the project's own code:
    * learned: the AdaLLaVA model with its scheduler (`generate(..., latency=b)`);
    * random: the AdaLLaVA weights with a uniformly random plan of the same unit count per question;
    * first-k: the AdaLLaVA weights with the first-k plan of the same size.
-   Everything is repeated for several seeds (data order, initialisation, budgets, Gumbel noise, random plans;
-   the data set itself is fixed); the report gives mean and spread (sample standard deviation) over seeds.
+   Everything is repeated for several seeds (initialisation, data order, budgets, Gumbel noise, random plans; the
+   data set itself is fixed); the report gives mean and spread (sample standard deviation) over seeds. By default
+   one base model is shared by the seeds (`shared_base`: per-seed bases do not fit in 45 minutes).
 
 Outputs: `benchmarks/results/e2e_vqa.{md,json,png}` (or under `--out`), and with `--save-demo` the best seed's
 AdaLLaVA models (`save_pretrained`, fp16 safetensors, remote code) in `ada_hf/demo_model/{L,H}`.
@@ -38,6 +40,7 @@ import os
 import platform
 import shutil
 import statistics
+import tempfile
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -73,37 +76,38 @@ class Settings:
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     base_seed: int = 0
-    shared_base: bool = False  # one base for every seed (cheaper) instead of one base per seed
+    shared_base: bool = True  # one base for every seed (what fits in 45 min) instead of one base per seed
     data_seed: int = 0
     train_images: int = 20000
     questions_per_image: int = 3
     turns_per_sample: int = 3
     describe_fraction: float = 0.5
     test_questions: int = 1000
-    image_size: int = 56
-    grid: int = 3
-    num_colors: int = 5
+    image_size: int = 32
+    grid: int = 2
+    num_colors: int = 4
     patch_size: int = 8
     vision_hidden_size: int = 96
     vision_layers: int = 2
     num_layers: int = 10
     hidden_size: int = 128
-    num_heads: int = 4
+    num_heads: int = 8
     intermediate_size: int = 256
     num_prefix_layers: int = 2
     scheduler_rank: int = 2
     llm_init_std: float = 0.08
-    base_steps: int = 600
+    base_steps: int = 3200
     base_lr: float = 1e-3
-    ada_steps: int = 200
-    ada_lr: float = 3e-4
-    batch_size: int = 32
+    ada_steps: int = 1200
+    ada_lr: float = 5e-4
+    batch_size: int = 8
     eval_batch_size: int = 125
     save_models_to: str = ""  # where each seed's AdaLLaVA models go (for --save-demo)
 
 
 QUICK = dict(
     seeds=[0, 1, 2],
+    shared_base=False,
     train_images=200,
     questions_per_image=2,
     test_questions=40,
@@ -490,6 +494,28 @@ def run_all(s: Settings, paths: dict, work: Path, jobs: int, threads: int) -> li
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Report
+def blind_baseline(paths: dict, test_questions: int) -> dict:
+    """Accuracy without looking at the image: for each test question, the answer most often given to the same
+    question text in training (the floor a VQA model must beat to show that it uses the image)."""
+    answers: dict[str, dict[str, int]] = {}
+    with open(paths["train"]) as f:
+        for record in json.load(f):
+            turns = record["conversations"]
+            for k in range(0, len(turns), 2):
+                counts = answers.setdefault(turns[k]["value"].replace("<image>", "").strip(), {})
+                counts[turns[k + 1]["value"]] = counts.get(turns[k + 1]["value"], 0) + 1
+    by_kind: dict[str, list[bool]] = {}
+    with open(paths["test"]) as f:
+        for record in json.load(f)[:test_questions]:
+            question = record["conversations"][0]["value"].replace("<image>", "").strip()
+            counts = answers.get(question, {"": 1})
+            guess = max(counts, key=counts.get)
+            by_kind.setdefault(record["kind"], []).append(guess == record["conversations"][1]["value"])
+    correct = [ok for oks in by_kind.values() for ok in oks]
+    return {"accuracy": 100.0 * sum(correct) / len(correct),
+            "by_kind": {k: 100.0 * sum(v) / len(v) for k, v in sorted(by_kind.items())}}  # fmt: skip
+
+
 def _stats(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "values": values}  # fmt: skip
@@ -536,7 +562,7 @@ def verdicts(summary: dict) -> list[str]:
 
 
 def markdown(s: Settings, summary: dict, outputs: list[dict], wall_s: float, timings: dict, command: str,
-             env: dict) -> str:  # fmt: skip
+             env: dict, blind: dict) -> str:  # fmt: skip
     out = ["# End-to-end proof: AdaLLaVA on a synthetic VQA task", ""]
     out.append(
         f"Regenerate with `{command}`: wall time of this run **{wall_s / 60:.1f} min** on {env['cpus']} CPU cores "
@@ -549,8 +575,9 @@ def markdown(s: Settings, summary: dict, outputs: list[dict], wall_s: float, tim
     out.append("")
     out.append(
         f"**Task** (`ada_hf/synthetic_vqa.py`): {s.image_size}x{s.image_size} images of 1-4 shapes (circle, square, "
-        "triangle; 5 colours) in the cells of a 3x3 grid. Five question families: colour of a shape, count by colour, "
-        "count by shape, the shape at the left/right/top/bottom, is there a <colour> <shape> (yes/no); one-word "
+        f"triangle; {s.num_colors} colours) in the cells of a {s.grid}x{s.grid} grid. Five question families: "
+        "colour of a shape, count by colour, count by shape, the shape at the left/right/top/bottom, is there a "
+        "<colour> <shape> (yes/no); one-word "
         f"answers. {s.test_questions} held-out test questions: test scenes are held out by content, so no test image "
         f"(and no test question-image pair) is seen in training. Training: {s.train_images} images, "
         f"{s.turns_per_sample} question turns per sample, {s.describe_fraction:.0%} of the samples also with a "
@@ -564,10 +591,13 @@ def markdown(s: Settings, summary: dict, outputs: list[dict], wall_s: float, tim
         f"prefix layers, H rank r = {s.scheduler_rank}. Base: {s.base_steps} steps from scratch with "
         f"`transformers.Trainer` (lr {s.base_lr}, batch {s.batch_size}). AdaLLaVA-L and -H: {s.ada_steps} steps from "
         f"the base with `AdaLlavaTrainer` (preset full, lr {s.ada_lr}, batch {s.batch_size}, tau 5, one uniform unit "
-        "count per sample). " + (
+        "count per sample). "
+        + (
             f"One base model (seed {s.base_seed}) is shared; each seed trains its own AdaLLaVA-L and -H models "
-            if s.shared_base else "Each seed trains its own base model and its own AdaLLaVA-L and -H models from it "
-        ) + f"(seeds {s.seeds}: initialisation, data order, budgets, Gumbel noise) and draws its own random plans."
+            if s.shared_base
+            else "Each seed trains its own base model and its own AdaLLaVA-L and -H models from it "
+        )
+        + f"(seeds {s.seeds}: initialisation, data order, budgets, Gumbel noise) and draws its own random plans."
     )
     out.append("")
     bases = [o for o in outputs if o["kind"] == "base"]
@@ -575,14 +605,16 @@ def markdown(s: Settings, summary: dict, outputs: list[dict], wall_s: float, tim
     full = summary["base_full"]
     out.append(
         f"**Base model at full compute: {full['mean']:.1f} ± {full['std']:.1f} %** exact match (by question family: "
-        + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items()) + ")."
+        + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items())
+        + f"). Without looking at the image (the most "
+        f"frequent training answer to the same question text): {blind['accuracy']:.1f} % ("
+        + ", ".join(f"{k} {v:.0f}" for k, v in blind["by_kind"].items())
+        + ")."
     )
     out.append("")
     for variant in VARIANTS:
         rows = summary[variant]
-        header = "| system | " + " | ".join(
-            f"{b} ({rows['learned'][str(b)]['effective']:.2f})" for b in BUDGETS
-        ) + " |"
+        header = "| system | " + " | ".join(f"{b} ({rows['learned'][str(b)]['effective']:.2f})" for b in BUDGETS) + " |"
         unit = "layers" if variant == "L" else f"slices of {s.scheduler_rank} heads + {s.scheduler_rank} MLP groups"
         out += [f"### AdaLLaVA-{variant}: test accuracy (%), mean ± std over {len(s.seeds)} seeds", ""]
         out.append(
@@ -596,6 +628,24 @@ def markdown(s: Settings, summary: dict, outputs: list[dict], wall_s: float, tim
             out.append(f"| {system} | " + " | ".join(cells) + " |")
         out.append("")
     out += ["### Checks against the expectations", ""] + verdicts(summary) + [""]
+    if summary["base_full"]["mean"] < 90:
+        drop = {v: summary[v]["base-cut"]["1.0"]["mean"] - summary[v]["base-cut"]["0.5"]["mean"] for v in VARIANTS}
+        ada = {v: summary[v]["learned"]["0.5"]["mean"] - summary[v]["learned"]["1.0"]["mean"] for v in VARIANTS}
+        out += [
+            "**Read the checks with care: the base model is weak.** At full compute it scores "
+            f"{summary['base_full']['mean']:.1f} %, {summary['base_full']['mean'] - blind['accuracy']:+.1f} points "
+            "over answering from the question alone; the issue asked for about 90 % or more. A model that barely "
+            "uses the image barely needs its later layers either, so every system sits within a few points of the "
+            "others and the differences between the learned scheduler, random plans and first-k plans are mostly "
+            "within the seed spread: this run shows neither that the learned scheduler helps nor that it hurts. "
+            "What it does show: the base model with its later layers cut loses "
+            + ", ".join(f"{drop[v]:.1f} points at 0.5 ({v})" for v in VARIANTS)
+            + ", while after AdaLLaVA training the learned scheduler at 0.5 is "
+            + ", ".join(f"{ada[v]:+.1f} points from its own full-budget accuracy ({v})" for v in VARIANTS)
+            + ": the training makes the model robust to running a budgeted part of its decoder, and it keeps the "
+            "base model's full-budget accuracy.",
+            "",
+        ]
     out.append("![accuracy vs budget](e2e_vqa.png)")
     out.append("")
     return "\n".join(out)
@@ -633,18 +683,22 @@ def plot(summary: dict, path: Path, seeds: int) -> None:
 DEMO_DIR = REPO / "ada_hf" / "demo_model"
 
 
-def save_demo(s: Settings, outputs: list[dict], models: Path, command: str) -> None:
+def save_demo(s: Settings, outputs: list[dict], models: Path | None, command: str) -> None:
     """Copy, per variant, the seed whose learned scheduler is best on average over the budgets to
-    `ada_hf/demo_model/<variant>`, and write `ada_hf/demo_model/README.md`."""
+    `ada_hf/demo_model/<variant>` (unless `models` is None), and write `ada_hf/demo_model/README.md`."""
     lines = [
         "# Trained tiny AdaLLaVA demo models",
         "",
         "Tiny AdaLLaVA models trained on the synthetic VQA task of `ada_hf/synthetic_vqa.py` (shapes, colours,",
         "counts and positions on small PIL-drawn images) by `benchmarks/e2e_synthetic_vqa.py`: a LLaVA (CLIP tower,",
         "projector, Llama decoder) trained from scratch, then AdaLLaVA training with `AdaLlavaTrainer` (preset full).",
-        "They answer",
-        "the task's questions about such images; on anything else they know nothing. Weights are stored in float16",
-        "(load them as float32: the budget quantisation and the CPU kernels expect it).",
+        "They know only the task's questions about such images. Weights are stored in float16 (load them as",
+        "float32: the budget quantisation and the CPU kernels expect it).",
+        "",
+        "**Accuracy is low** (see the tables below: about half of the held-out questions right, a few points above",
+        "answering from the question alone): within the 45-minute CPU budget of the benchmark the from-scratch base",
+        "model did not learn the task well. The answers are task-shaped words, often wrong; the execution plans and",
+        "the timings per budget are real.",
         "",
         f"Made by `{command}`; the run's report is `benchmarks/results/e2e_vqa.md`.",
         "",
@@ -657,7 +711,8 @@ def save_demo(s: Settings, outputs: list[dict], models: Path, command: str) -> N
         'path = "ada_hf/demo_model/L"  # or "ada_hf/demo_model/H"',
         "model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, dtype=torch.float32)",
         "processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)",
-        f"image = draw_scene(random_scene(random.Random(0), {s.image_size}), {s.image_size})",
+        f"colors = {tuple(COLORS)[: s.num_colors]}",
+        f"image = draw_scene(random_scene(random.Random(0), {s.image_size}, {s.grid}, colors), {s.image_size})",
         'question = "How many circles are there?"',
         'conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]',
         "prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)",
@@ -669,7 +724,9 @@ def save_demo(s: Settings, outputs: list[dict], models: Path, command: str) -> N
         "",
         "Questions it was trained on: `What color is the <circle|square|triangle>?`, `How many <colour> objects are",
         "there?`, `How many <circles|squares|triangles> are there?`, `What shape is on the <left|right|top|bottom>?`,",
-        "`Is there a <colour> <shape>?`, `Describe the image.` (colours: red, green, blue, yellow, white).",
+        f"`Is there a <colour> <shape>?`, `Describe the image.` (colours: {', '.join(tuple(COLORS)[: s.num_colors])};",
+        f"{s.image_size}x{s.image_size} images, {s.grid}x{s.grid} grid: `draw_scene(random_scene(rng, {s.image_size}, "
+        f"{s.grid}, {tuple(COLORS)[: s.num_colors]}), {s.image_size})`).",
         "",
     ]
     for variant in VARIANTS:
@@ -680,9 +737,10 @@ def save_demo(s: Settings, outputs: list[dict], models: Path, command: str) -> N
 
         best = max(ada, key=score)
         target = DEMO_DIR / variant
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(models / f"seed{best['seed']}" / variant, target)
+        if models is not None:
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(models / f"seed{best['seed']}" / variant, target)
         size = sum(p.stat().st_size for p in target.iterdir()) / 1e6
         weights = (target / "model.safetensors").stat().st_size / 1e6
         learned = best["result"]["learned"]
@@ -692,9 +750,11 @@ def save_demo(s: Settings, outputs: list[dict], models: Path, command: str) -> N
             "| budget | " + " | ".join(str(b) for b in BUDGETS) + " |",
             "|---|" + "---|" * len(BUDGETS),
             "| units run (prefix + suffix) | "
-            + " | ".join(f"{learned[str(b)]['executed_units']}" for b in BUDGETS) + " |",
+            + " | ".join(f"{learned[str(b)]['executed_units']}" for b in BUDGETS)
+            + " |",
             f"| accuracy on the {s.test_questions} test questions (%) | "
-            + " | ".join(f"{learned[str(b)]['accuracy']:.1f}" for b in BUDGETS) + " |",
+            + " | ".join(f"{learned[str(b)]['accuracy']:.1f}" for b in BUDGETS)
+            + " |",
             "",
         ]
     (DEMO_DIR / "README.md").write_text("\n".join(lines))
@@ -708,11 +768,26 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for the AdaLLaVA trainings")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in all (split between the jobs)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "e2e_work")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ada_hf_e2e_vqa",
+                        help="data, checkpoints and caches (outside the repository)")  # fmt: skip
     parser.add_argument("--save-demo", action="store_true", help="save the best seed's models to ada_hf/demo_model")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a Settings field")
+    parser.add_argument("--report-from", type=Path, help="only re-render the report (and demo README) from a JSON")
     args = parser.parse_args(argv)
     started = time.time()
+    if args.report_from:
+        report = json.loads(args.report_from.read_text())
+        s = Settings(**report["settings"])
+        outputs = report["tasks"]
+        args.out.mkdir(parents=True, exist_ok=True)
+        md = markdown(s, report["summary"], outputs, report["wall_time_s"], report["timings"], report["command"],
+                      report["env"], report["blind_baseline"])  # fmt: skip
+        (args.out / "e2e_vqa.md").write_text(md)
+        plot(report["summary"], args.out / "e2e_vqa.png", len(s.seeds))
+        if args.save_demo:
+            save_demo(s, outputs, None, report["command"])
+        print(md)
+        return
 
     s = Settings(**(QUICK if args.quick else {}))
     if args.seeds:
@@ -746,25 +821,30 @@ def main(argv=None) -> None:
 
     timings.update(base_train_s=mean_of("base", "train_s"), L_train_s=mean_of("ada", "train_s", "L"),
                    H_train_s=mean_of("ada", "train_s", "H"), ada_eval_s=mean_of("ada", "eval_s"))  # fmt: skip
+    blind = blind_baseline(paths, s.test_questions)
     wall = time.time() - started
     import transformers
 
     env = {"cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
            "python": platform.python_version(), "jobs": jobs, "threads_per_job": threads}  # fmt: skip
-    command = "python benchmarks/e2e_synthetic_vqa.py" + (" --quick" if args.quick else "") + (
-        " --save-demo" if args.save_demo else ""
+    command = (
+        "python benchmarks/e2e_synthetic_vqa.py"
+        + (" --quick" if args.quick else "")
+        + (" --save-demo" if args.save_demo else "")
     )
     report = {
         "settings": asdict(s),
+        "command": command,
         "env": env,
         "wall_time_s": wall,
         "timings": timings,
         "summary": summary,
+        "blind_baseline": blind,
         "tasks": [{k: v for k, v in o.items() if k != "log"} for o in outputs],
         "train_logs": {f"{o['kind']}-{o['variant'] or ''}-seed{o['seed']}": o["log"] for o in outputs if "log" in o},
     }
     (args.out / "e2e_vqa.json").write_text(json.dumps(report, indent=1))
-    (args.out / "e2e_vqa.md").write_text(markdown(s, summary, outputs, wall, timings, command, env))
+    (args.out / "e2e_vqa.md").write_text(markdown(s, summary, outputs, wall, timings, command, env, blind))
     plot(summary, args.out / "e2e_vqa.png", len(s.seeds))
     if args.save_demo:
         save_demo(s, outputs, args.work / "models", command)

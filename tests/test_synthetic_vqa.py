@@ -187,7 +187,7 @@ def test_quick_pipeline_runs(tmp_path):
     """Every step of the benchmark at toy scale: data, base, AdaLLaVA-L/H, the 4 systems x 5 budgets, the report."""
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "benchmarks" / "e2e_synthetic_vqa.py"), "--quick", "--out", str(out),
-           "--work", str(tmp_path / "work")]  # fmt: skip
+           "--work", str(tmp_path / "work"), "--jobs", "1"]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=REPO, timeout=300)
     report = json.loads((out / "e2e_vqa.json").read_text())
     for variant in ("L", "H"):
