@@ -876,11 +876,7 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             )
         if kwargs.get("token_reduction") is not None:  # expand here: generate must see the vision-merging flags
             kwargs = expand_preset(kwargs.pop("token_reduction"), kwargs)
-        vit = illava_vit_settings(self.config, {k: kwargs.get(k) for k in ILLAVA_VIT_FIELDS})
-        pre_llm = llavolta_settings(self.config, {k: kwargs.get(k) for k in LLAVOLTA_FIELDS})
-        pre_llm = pre_llm if pre_llm is not None and pre_llm.layer == -1 else None
-        selecting = check_token_selecting(self.config, {k: kwargs.get(k) for k in (
-            "token_selecting", "enable_illava_vit", "llavolta_grouping")})  # fmt: skip
+        vit, pre_llm, selecting = self._pre_llm_reductions(kwargs)
         if (vit is not None or pre_llm is not None or selecting != "none") and input_ids is not None:
             input_ids, kwargs = self._collapse_image_tokens(input_ids, kwargs, vit, pre_llm, selecting)
         appended = False
@@ -992,18 +988,23 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         Raises:
             `ValueError`: for PruMerge, whose count depends on each image (`generate` collapses the prompt itself).
         """
-        flags = expand_preset(token_reduction, flags)
-        vit = illava_vit_settings(self.config, {k: flags.get(k) for k in ILLAVA_VIT_FIELDS})
-        pre_llm = llavolta_settings(self.config, {k: flags.get(k) for k in LLAVOLTA_FIELDS})
-        selecting = check_token_selecting(self.config, {k: flags.get(k) for k in (
-            "token_selecting", "enable_illava_vit", "llavolta_grouping")})  # fmt: skip
+        vit, pre_llm, selecting = self._pre_llm_reductions(expand_preset(token_reduction, flags))
         if selecting != "none":
             raise ValueError(
                 f"token_selecting={selecting!r} chooses a different number of tokens for every image: write the full "
                 "grid of placeholders and let `generate` collapse them."
             )
-        stride = pre_llm.stride if pre_llm is not None and pre_llm.layer == -1 else None
-        return image_token_counts(self.config, vit, stride)[1]
+        return image_token_counts(self.config, vit, pre_llm.stride if pre_llm is not None else None)[1]
+
+    def _pre_llm_reductions(self, flags: dict):
+        """The reductions that change the image-token count before the LLM, with the config then `flags` in force:
+        iLLaVA vision merging, LLaVolta pooling before the LLM (layer -1; None otherwise) and PruMerge's mode."""
+        vit = illava_vit_settings(self.config, {k: flags.get(k) for k in ILLAVA_VIT_FIELDS})
+        pre_llm = llavolta_settings(self.config, {k: flags.get(k) for k in LLAVOLTA_FIELDS})
+        pre_llm = pre_llm if pre_llm is not None and pre_llm.layer == -1 else None
+        selecting = check_token_selecting(self.config, {k: flags.get(k) for k in (
+            "token_selecting", "enable_illava_vit", "llavolta_grouping")})  # fmt: skip
+        return vit, pre_llm, selecting
 
 
 def _drop_column(sequences: torch.Tensor, column: int) -> torch.Tensor:
