@@ -19,6 +19,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 
 TORCH_VERSION="2.13.0"
+LMMS_EVAL_VERSION="0.7.3"  # the version the lmms-eval plugin (ada_hf/lmms_eval_plugin.py) is tested with
 VENV="${ADA_HF_VENV:-$ROOT/.venv}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
@@ -85,12 +86,15 @@ ensure_package() {
 import importlib.util, os, sys
 spec = importlib.util.find_spec("ada_hf")
 ok = spec is not None and os.path.realpath(os.path.dirname(spec.origin)) == os.path.realpath(os.path.join(sys.argv[1], "ada_hf"))
-sys.exit(0 if ok and all(importlib.util.find_spec(m) for m in ("pytest", "peft", "transformers")) else 1)
+sys.exit(0 if ok and all(importlib.util.find_spec(m) for m in ("pytest", "peft", "transformers", "lmms_eval")) else 1)
 ' "$ROOT" 2>/dev/null; then
         return 0
     fi
-    log "installing ada-hf (editable) with its test extras"
-    "$PY" -m pip install -q -e "${ROOT}[test]"
+    log "installing ada-hf (editable) with its test and eval extras, and lmms-eval==$LMMS_EVAL_VERSION"
+    "$PY" -m pip install -q -e "${ROOT}[test,eval]"
+    # Without its dependencies: lmms-eval hard-requires torchvision and other heavy packages the plugin never uses;
+    # the eval extra holds the few its model API, task loading and evaluator import (README, lmms-eval section).
+    "$PY" -m pip install -q --no-deps "lmms-eval==$LMMS_EVAL_VERSION"
     echo "$want" >"$stamp"
 }
 
