@@ -330,3 +330,25 @@ def test_lmms_eval_evaluator_end_to_end(pretrained, task_dir):
                 if task == TASK:  # one request per document: the mean over documents is the mean over requests
                     expected = sum(r[metric] for r in records) / len(records)
                     assert results[task][key] == pytest.approx(expected)
+
+
+def test_a_batch_mixing_text_only_and_two_image_documents(pretrained):
+    lm = make_lm(pretrained, "latency=0.5,batch_size=3")
+    image = docs()[0]["image"]
+    lm.task_dict = {TASK: {SPLIT: [{"images": []}, {"images": [image]}, {"images": [image, image.rotate(90)]}]}}
+
+    def requests(kind, second):
+        return [
+            Instance(kind, (QUESTIONS[i], dict(second) if isinstance(second, dict) else second,
+                            lambda doc: doc["images"], i, TASK, SPLIT),
+                     idx=0, metadata={"task": TASK, "doc_id": i, "repeats": 1})
+            for i in range(3)
+        ]  # fmt: skip
+
+    batched = lm.generate_until(requests("generate_until", {"max_new_tokens": 4}))
+    scored = lm.loglikelihood(requests("loglikelihood", " yes"))
+    lm.batch_size_per_gpu = 1
+    assert lm.generate_until(requests("generate_until", {"max_new_tokens": 4})) == batched
+    for one, many in zip(lm.loglikelihood(requests("loglikelihood", " yes")), scored):
+        assert one[0] == pytest.approx(many[0], abs=1e-4) and one[1] == many[1]
+    assert lm._render(QUESTIONS[2], 2).count("<image>") == 2
