@@ -268,6 +268,34 @@ def _show_merging_run(args: argparse.Namespace, parser: argparse.ArgumentParser)
     return run_show_merging(args, parser)
 
 
+def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="device to profile (default: cpu)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--dry-run", action="store_true", help="measure and print, but do not store the profile")
+
+
+def _calibrate_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from .calibrate import calibrate
+    from .hardware import local_profile_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        hardware = calibrate(args.device, save=not args.dry_run)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"cannot profile device {args.device!r}: {error}")
+    print(f"matmul fp32 {hardware.peak[32] / 1e9:.1f} GFLOP/s, bf16 {hardware.peak[16] / 1e9:.1f} GFLOP/s")
+    print(f"memory bandwidth {hardware.bandwidth / 1e9:.1f} GB/s")
+    layer_us, call_us = hardware.layer_overhead_s * 1e6, hardware.call_overhead_s * 1e6
+    print(f"overhead {layer_us:.0f} us per decoder layer, {call_us:.0f} us per call")
+    print(f"({hardware.source})")
+    if not args.dry_run:
+        print(f"stored in {local_profile_path()}: use generate(..., hardware='local')")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, Command] = {
     "demo": Command(
@@ -284,6 +312,11 @@ COMMANDS: dict[str, Command] = {
         "print every budget a model can tell apart and what it executes (model.budget_table())",
         _budget_table_arguments,
         _budget_table_run,
+    ),
+    "calibrate": Command(
+        "measure this machine once (matmul speed, bandwidth, per-layer overhead) for hardware='local' time budgets",
+        _calibrate_arguments,
+        _calibrate_run,
     ),
     "show-merging": Command(
         "draw which image patches survive iLLaVA token merging, in the vision encoder and in the LLM, as a PNG",

@@ -28,6 +28,8 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_ada_llava import AdaLlavaConfig
+from .cost_model import CostModel, dtype_bits
+from .efficiency import choose_units, efficiency_reports, generated_counts, parse_time_target, row_workloads
 from .execution_plan import SKIP, ExecutionPlan
 from .latency_scheduler import LatencyScheduler
 from .planned_layer import build_layer_plan, planned_decoder_layer
@@ -116,6 +118,9 @@ class _PlanReport:
         The prefill's LLaVolta / iLLaVA reductions of the LLM sequence (in the coordinates of the returned prompt).
     vit_sources (`tuple[torch.Tensor]`, *optional*):
         With `illava_track_vit_source`: the original patches surviving each vision-encoder merge.
+    efficiency (`list[EfficiencyReport]`):
+        Per returned sequence, the modelled cost of its request (FLOPs of every stage, bytes, KV-cache bytes, peak
+        memory, roofline times on `hardware`, the original evaluation's metrics); see `cost_model.EfficiencyReport`.
     """
 
     execution_plan: torch.LongTensor | None = None
@@ -126,6 +131,7 @@ class _PlanReport:
     mlp_groups_computed: torch.LongTensor | None = None
     token_reductions: tuple | None = None
     vit_sources: tuple | None = None
+    efficiency: list | None = None
 
 
 @dataclass
@@ -866,7 +872,12 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         `mlp_groups_computed`.
         """
         latency, num_units = kwargs.pop("latency", None), kwargs.pop("num_units", None)
+        hardware = kwargs.pop("hardware", None)
         input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
+        target = parse_time_target(latency) if isinstance(latency, str) else None
+        cost_model = CostModel(self.config, hardware, dtype_bits(self.dtype)) if hardware or target else None
+        if target is not None and num_units is not None:
+            raise ValueError(f"Pass either latency={latency!r} or num_units, not both.")
         if self.scheduler is not None and latency is None and num_units is None:
             latency = self.config.default_latency
         budget_given = latency is not None or num_units is not None
@@ -877,8 +888,20 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
         if kwargs.get("token_reduction") is not None:  # expand here: generate must see the vision-merging flags
             kwargs = expand_preset(kwargs.pop("token_reduction"), kwargs)
         vit, pre_llm, selecting = self._pre_llm_reductions(kwargs)
+        prompt_tokens = None
+        if input_ids is not None:
+            mask = kwargs.get("attention_mask")
+            prompt_tokens = mask.sum(1) if mask is not None else torch.full_like(input_ids[:, 0], input_ids.shape[1])
         if (vit is not None or pre_llm is not None or selecting != "none") and input_ids is not None:
             input_ids, kwargs = self._collapse_image_tokens(input_ids, kwargs, vit, pre_llm, selecting)
+        targets = None
+        if target is not None:
+            if self.scheduler is None or input_ids is None:
+                raise ValueError(f"latency={latency!r} needs a model with a scheduler and `input_ids`.")
+            num_units, targets = self._units_for_target(
+                input_ids, kwargs, generation_config, prompt_tokens, (vit, pre_llm, selecting), cost_model, target
+            )
+            latency = None
         appended = False
         if budget_given:
             if input_ids is None:
@@ -893,6 +916,9 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             kwargs.setdefault("prompt_length", input_ids.shape[1] - (1 if appended else 0))
         plans: list = []
         token = _GENERATION_PLANS.set(plans)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
             output = super().generate(input_ids, generation_config=generation_config, **kwargs)
         finally:
@@ -905,9 +931,51 @@ class AdaLlavaForConditionalGeneration(AdaLlavaPreTrainedModel, LlavaForConditio
             return _drop_column(output, input_ids.shape[1] - 1) if appended else output
         if appended:
             output.sequences = _drop_column(output.sequences, input_ids.shape[1] - 1)
-        if plan is None and reductions is None and vit_sources is None:
-            return output
-        return _with_report(output, plan, batch_size, reductions, vit_sources)
+        efficiency = None
+        if input_ids is not None:
+            width = input_ids.shape[1] - (1 if appended else 0)
+            config = generation_config if generation_config is not None else self.generation_config
+            eos = kwargs.get("eos_token_id", config.eos_token_id)
+            workloads = row_workloads(
+                self.config, input_ids, kwargs.get("attention_mask"), prompt_tokens, vit,
+                pre_llm.stride if pre_llm is not None else None, selecting, None, None, reductions or (),
+            )  # fmt: skip
+            rows = output.sequences.shape[0]
+            source_rows = [i // (rows // batch_size) for i in range(rows)]
+            plan_rows = None
+            if plan is not None:
+                plan_rows = [r * (plan.batch_size // batch_size) for r in source_rows]
+            peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
+            efficiency = efficiency_reports(
+                self.config, cost_model or CostModel(self.config, None, dtype_bits(self.dtype)), workloads,
+                source_rows, plan, plan_rows, generated_counts(output.sequences, width, eos), peak, targets,
+            )  # fmt: skip
+        return _with_report(output, plan, batch_size, reductions, vit_sources, efficiency)
+
+    def _units_for_target(self, input_ids, kwargs, generation_config, prompt_tokens, pre_llm_flags, cost_model, target):
+        """Per row, the most units whose predicted time for this request fits `target` seconds."""
+        vit, pre_llm, selecting = pre_llm_flags
+        config = generation_config if generation_config is not None else self.generation_config
+        new_tokens = kwargs.get("max_new_tokens", config.max_new_tokens)
+        if new_tokens is None:
+            new_tokens = max(kwargs.get("max_length", config.max_length) - input_ids.shape[1], 1)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(input_ids)
+        if not (input_ids == self.config.latency_token_id).any():  # predict with the <latency> token generate adds
+            input_ids = torch.cat([input_ids, torch.full_like(input_ids[:, :1], self.config.latency_token_id)], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        reduction = self.model._reduction_state(input_ids, kwargs, None)
+        workloads = row_workloads(
+            self.config, input_ids, mask, prompt_tokens, vit, pre_llm.stride if pre_llm is not None else None,
+            selecting, reduction.llavolta if reduction else None, reduction.illava_llm if reduction else None,
+        )  # fmt: skip
+        units, targets = [], {}
+        for row, work in enumerate(workloads):
+            chosen, _ = choose_units(self.config, cost_model, work, self.scheduler.max_units, new_tokens, target)
+            units.append(chosen)
+            targets[row] = target
+        return torch.tensor(units, dtype=torch.long), targets
 
     def _collapse_image_tokens(self, input_ids, kwargs: dict, vit, pre_llm, selecting="none"):
         """Prompts carry a full grid of placeholders per image; vision merging and pooling before the LLM leave fewer
@@ -1011,9 +1079,9 @@ def _drop_column(sequences: torch.Tensor, column: int) -> torch.Tensor:
     return torch.cat([sequences[:, :column], sequences[:, column + 1 :]], dim=1)
 
 
-def _with_report(output, plan: ExecutionPlan | None, batch_size: int, reductions, vit_sources):
-    """The generate output, as an Ada subclass carrying what the request ran: its plan and token reductions."""
-    report = dict(token_reductions=reductions, vit_sources=vit_sources)
+def _with_report(output, plan: ExecutionPlan | None, batch_size: int, reductions, vit_sources, efficiency=None):
+    """The generate output, as an Ada subclass carrying what the request ran: its plan, token reductions and cost."""
+    report = dict(token_reductions=reductions, vit_sources=vit_sources, efficiency=efficiency)
     if plan is not None:
         rows = output.sequences.shape[0]
         # Rows were expanded (beams, num_return_sequences) before prefill; every copy of a sample shares its plan.

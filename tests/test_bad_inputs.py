@@ -23,7 +23,7 @@ def forward(model, ids, **kwargs):
         (torch.tensor([[0.5]]), "shape"),
         (torch.tensor([0.5, 0.6, 0.7]), "3 values for a batch of 1"),
         (True, "not a boolean"),
-        ("fast", "must be a number"),
+        ("fast", "must be a number|neither a share of compute"),
     ],
 )
 def test_bad_latency(model_l, latency, message):

@@ -20,6 +20,9 @@ CODE_FILES = {
     "planned_layer.py",
     "processing_ada_llava.py",
     "version_check.py",
+    "cost_model.py",  # generate's efficiency report and millisecond budgets need the cost model and hardware table
+    "efficiency.py",
+    "hardware.py",
 }
 
 
@@ -91,8 +94,10 @@ def test_remote_code_load_without_ada_hf(saved, tmp_path):
             logits = model(input_ids=inputs["ids"], pixel_values=inputs["pixels"], latency=0.6).logits
         tokens = model.generate(input_ids=inputs["ids"][:, :-1], pixel_values=inputs["pixels"], latency=0.6,
                                 max_new_tokens=5, do_sample=False)
+        report = model.generate(input_ids=inputs["ids"][:, :-1], pixel_values=inputs["pixels"], latency="1s",
+                                hardware="nvidia_A100", max_new_tokens=3, return_dict_in_generate=True).efficiency[0]
         torch.save({{"names": sorted(names), "logits": logits, "tokens": tokens, "module": type(model).__module__,
-                    "processor": type(processor).__name__}}, {str(tmp_path / "out.pt")!r})
+                    "processor": type(processor).__name__, "report": report.to_dict()}}, {str(tmp_path / "out.pt")!r})
     """
     result = run_without_ada_hf(code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -102,6 +107,9 @@ def test_remote_code_load_without_ada_hf(saved, tmp_path):
     assert out["processor"] == "AdaLlavaProcessor"
     assert torch.equal(out["logits"], logits)
     assert torch.equal(out["tokens"], tokens)
+    report = model.generate(input_ids=ids[:, :-1], pixel_values=pixels, latency="1s", hardware="nvidia_A100",
+                            max_new_tokens=3, return_dict_in_generate=True).efficiency[0]  # fmt: skip
+    assert out["report"] == report.to_dict()
 
 
 def test_missing_scheduler_weights_are_initialised_not_garbage(tmp_path):
