@@ -37,9 +37,10 @@ from .modeling_ada_llava import AdaLlavaForConditionalGeneration
 
 try:  # the cost model behind `generate`'s efficiency report; loglikelihood uses it for its prefill-only figures
     from .cost_model import original_metrics as _original_metrics
+    from .efficiency import parse_time_target as _parse_time_target
     from .hardware import get_hardware as _get_hardware
-except ImportError:  # an ada_hf without it: no efficiency metrics
-    _original_metrics = _get_hardware = None
+except ImportError:  # an ada_hf without it: no efficiency metrics, no time budgets
+    _original_metrics = _parse_time_target = _get_hardware = None
 from .processing_ada_llava import VICUNA_V1_CHAT_TEMPLATE
 from .token_reduction import ILLAVA_LLM_FIELDS, LLAVOLTA_FIELDS
 from .vision_merging import ILLAVA_VIT_FIELDS
@@ -214,16 +215,23 @@ class _StopAndCount(StoppingCriteria):
         return done
 
 
-def _parse_latency(value: Any) -> float | None:
-    # lmms-eval parses `latency=1` as the int 1 (the original wrapper then failed); "none" runs without a budget.
+def _parse_latency(value: Any) -> float | str | None:
+    # lmms-eval parses `latency=1` as the int 1 (the original wrapper then failed); "none" runs without a budget; a
+    # time like "150ms" is a target `generate` meets on `hardware` (kept as the string `generate` takes).
     if value is None or (isinstance(value, str) and value.lower() == "none"):
         return None
+    expected = f"latency={value!r}: expected a number in (0, 1], a time like '150ms' or 'none'."
+    if isinstance(value, str) and value.rstrip().endswith(("ms", "s")):
+        if _parse_time_target is None:
+            raise ValueError(f"latency={value!r}: this ada_hf has no time budgets (no cost model).")
+        _parse_time_target(value)  # a clear error for e.g. '-5ms'
+        return value
     if isinstance(value, bool):
-        raise ValueError(f"latency={value!r}: expected a number in (0, 1] or 'none'.")
+        raise ValueError(expected)
     try:
         latency = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"latency={value!r}: expected a number in (0, 1] or 'none'.") from None
+        raise ValueError(expected) from None
     if not 0.0 < latency <= 1.0:
         raise ValueError(f"latency={value!r}: a budget is a share of the compute, in (0, 1].")
     return latency
@@ -249,8 +257,9 @@ class AdaLlava(lmms):
 
     Args (lmms-eval `model_args`):
         pretrained: a local folder or Hub repo id saved by ada-hf (model and processor).
-        latency: the compute budget in (0, 1] for every request (default 1.0, as the original); `none` runs without
-            one (the config's `default_latency`, or the plain LLaVA forward for a model without a scheduler).
+        latency: the compute budget in (0, 1] for every request (default 1.0, as the original), or a time such as
+            `150ms` that `generate` meets on `hardware` (generate_until only); `none` runs without one (the config's
+            `default_latency`, or the plain LLaVA forward for a model without a scheduler).
         hardware: the device the efficiency metrics are modelled on (default `nvidia_V100`, as the original).
         token_reduction, token_selecting, llavolta_*, enable_illava_*, illava_*: token reduction, passed to
             `generate` / `forward` as they are (a preset name, then individual flags).
@@ -468,6 +477,8 @@ class AdaLlava(lmms):
     def _budget(self, rows: int) -> dict[str, Any]:
         if self.latency is None:
             return {}
+        if isinstance(self.latency, str):  # a time target: `generate` picks each row's budget
+            return {"latency": self.latency}
         return {"latency": torch.full((rows,), self.latency, dtype=torch.float32, device=self.device)}
 
     def _generate(self, chunk: list) -> list[AdaLlavaResponse]:
@@ -523,6 +534,11 @@ class AdaLlava(lmms):
         return {name: float(metrics[name]) for name in EFFICIENCY_METRICS}
 
     def _score(self, chunk: list) -> list[AdaLlavaLoglikelihood]:
+        if isinstance(self.latency, str):
+            raise ValueError(
+                f"latency={self.latency!r}: a time budget is chosen by `generate` for the tokens it will produce; "
+                "loglikelihood requests take a share of compute in (0, 1]."
+            )
         latency_id = self.model.config.latency_token_id if self.latency is not None else None
         num_image_tokens = None
         if any(item[2] for item in chunk):

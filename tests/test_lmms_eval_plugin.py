@@ -234,6 +234,14 @@ def test_efficiency_metric_names_and_values(pretrained):
     assert tuple(scored.efficiency) == EFFICIENCY_METRICS
     assert scored.efficiency["flops"] == scored.efficiency["prefill_flops"] == scored.efficiency["avg_flops"]
     assert scored.efficiency["prefill_flops"] > responses[0].efficiency["prefill_flops"]  # + <latency> + answer
+    # a time budget: `generate` picks the largest budget its prediction fits on the hardware
+    timed = make_lm(pretrained, "latency=1000ms,hardware=nvidia_A100_80G")
+    [answer] = timed.generate_until(gen_requests({"max_new_tokens": 5}, ids=[0]))
+    assert answer.efficiency is not None and timed.latency == "1000ms"
+    [full] = make_lm(pretrained, "latency=1").generate_until(gen_requests({"max_new_tokens": 5}, ids=[0]))
+    assert answer == full  # a tiny model fits the whole compute in a second
+    with pytest.raises(ValueError, match="time budget"):
+        timed.loglikelihood(ll_requests([" yes"]))
     with pytest.raises(ValueError, match="nvidia_X"):  # the cost model's message, before the model loads
         make_lm(pretrained, "hardware=nvidia_X")
 
