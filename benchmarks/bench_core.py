@@ -18,7 +18,7 @@ first repetitions are discarded as warm-up; the tables report medians and the in
 
 FLOP-counting caveat (shared/spec/TRANSFORMERS5.md section 7): on CPU, sdpa dispatches to
 `aten._scaled_dot_product_flash_attention_for_cpu`, which `torch.utils.flop_counter` does not know, so attention would be
-silently left out. This script registers a formula for it (the standard sdpa count). Like eager attention, that counts
+silently left out. `harness.py` registers a formula for it (the standard sdpa count). Like eager attention, that counts
 the full T x T score matrix even though the causal kernel skips about half of it, so attention FLOPs (~16% of the
 prefill count here) are an upper bound of what the CPU kernel does. Checked: with the formula registered, sdpa counts
 exactly what eager attention counts (same total, `bmm` replaced by the sdpa op).
@@ -29,7 +29,6 @@ prefill ratio checks also show the ratio computed from the per-configuration min
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -39,115 +38,41 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `ada_hf` without PYTHONPATH
-
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
-from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from ada_hf.execution_plan import ExecutionPlan
-from ada_hf.planned_layer import build_layer_plan
-from ada_hf.tiny_model import build_tiny_model, tiny_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, when run from elsewhere
+# The shared pieces live in harness (importing it registers the CPU sdpa FLOP formula and puts the repo root on
+# sys.path); they are re-exported here for scripts that import them from bench_core.
+from harness import (  # noqa: E402, F401
+    IMAGE_TOKEN,
+    LATENCY_TOKEN,
+    VOCAB,
+    Config,
+    add_model_args,
+    build_ada,
+    build_models,
+    fmt_ms,
+    make_inputs,
+    model_config_kwargs,
+    pf,
+    resolve_args,
+    standard_parser,
+    stats,
+)
+
+from ada_hf.execution_plan import ExecutionPlan  # noqa: E402
+from ada_hf.planned_layer import build_layer_plan  # noqa: E402
+
 
 BUDGETS = (1.0, 0.85, 0.75, 0.6, 0.5)
 # Tolerances from the issue.
 TOL_NONE_VS_LLAVA = 0.03
 TOL_RATIO = {"L": 0.10, "H": 0.20}
-
-VOCAB, IMAGE_TOKEN, LATENCY_TOKEN = 1000, 998, 999
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# FLOP counting: make the CPU sdpa kernel visible to FlopCounterMode.
-_CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-if _CPU_SDPA not in torch.utils.flop_counter.flop_registry:
-
-    @register_flop_formula(_CPU_SDPA)
-    def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query, key, value)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Models
-def model_config_kwargs(args) -> dict:
-    """`tiny_config` arguments of the 7B-shaped narrow model (from the options `add_model_args` defines)."""
-    return dict(
-        vocab_size=VOCAB,
-        image_token_id=IMAGE_TOKEN,
-        latency_token_id=LATENCY_TOKEN,
-        num_layers=args.layers,
-        hidden_size=args.hidden_size,
-        num_heads=args.heads,
-        intermediate_size=args.intermediate_size,
-        image_size=336,
-        patch_size=14,
-        vision_hidden_size=args.vision_hidden_size,
-        vision_layers=args.vision_layers,
-        scheduler_rank=args.scheduler_rank,
-        num_prefix_layers=args.prefix_layers,
-    )
-
-
-def build_ada(args, scheduler_type: str):
-    """One AdaLLaVA model (variant "L" or "H") with the benchmark's shape and seed."""
-    return build_tiny_model(tiny_config(scheduler_type=scheduler_type, **model_config_kwargs(args)), seed=args.seed)
-
-
-def build_models(args):
-    """Ada-L, Ada-H and transformers' Llava sharing every weight except the (ada-only) scheduler."""
-    ada_l = build_ada(args, "L")
-    ada_h = build_ada(args, "H")
-    shared = {k: v for k, v in ada_l.state_dict().items() if not k.startswith("model.scheduler.")}
-    missing, unexpected = ada_h.load_state_dict(shared, strict=False)
-    assert not unexpected and all(k.startswith("model.scheduler.") for k in missing), (missing, unexpected)
-
-    cfg = ada_l.config
-    llava_cfg = LlavaConfig(
-        text_config=cfg.text_config.to_dict(),
-        vision_config=cfg.vision_config.to_dict(),
-        image_token_index=cfg.image_token_id,
-        image_seq_length=cfg.image_seq_length,
-        projector_hidden_act=cfg.projector_hidden_act,
-        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-        vision_feature_layer=cfg.vision_feature_layer,
-        multimodal_projector_bias=cfg.multimodal_projector_bias,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-    )
-    llava = LlavaForConditionalGeneration(llava_cfg).float().eval()
-    missing, unexpected = llava.load_state_dict(shared, strict=True)
-    assert not missing and not unexpected
-    for m in (ada_l, ada_h, llava):
-        assert m.config.text_config._attn_implementation == "sdpa", m.config.text_config._attn_implementation
-    return llava, ada_l, ada_h
-
-
-def make_inputs(args):
-    g = torch.Generator().manual_seed(args.seed + 1)
-    prefix = torch.randint(1, 900, (1, args.prefix_tokens), generator=g)
-    question = torch.randint(1, 900, (1, args.question_tokens), generator=g)
-    image = torch.full((1, 576), IMAGE_TOKEN)
-    ids = torch.cat([prefix, image, question], dim=1)  # Llava and ada at latency None
-    ids_lat = torch.cat([ids, torch.full((1, 1), LATENCY_TOKEN)], dim=1)  # ada with a budget: <latency> ends the prompt
-    pixel_values = torch.randn(1, 3, 336, 336, generator=g)
-    return ids, ids_lat, pixel_values
-
-
-@dataclass
-class Config:
-    name: str
-    kind: str  # "llava", "L", "H", "vision"
-    latency: float | None
-    model: torch.nn.Module = field(repr=False)
-    kwargs: dict = field(default_factory=dict)  # extra prefill arguments (e.g. LLaVolta settings)
-    prefill: list = field(default_factory=list)
-    decode: list = field(default_factory=list)
-    info: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -333,63 +258,10 @@ def generate_release_check(cfg: Config, inputs, max_new_tokens: int) -> dict:
     return res
 
 
-# --------------------------------------------------------------------------------------------------------------------
-def stats(xs: list[float]) -> dict:
-    xs = sorted(xs)
-    if not xs:
-        return dict(median=float("nan"), q1=float("nan"), q3=float("nan"), min=float("nan"), max=float("nan"), n=0)
-    if len(xs) >= 2:
-        q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
-    else:
-        q1 = q3 = xs[0]
-    return dict(median=statistics.median(xs), q1=q1, q3=q3, min=xs[0], max=xs[-1], n=len(xs))
-
-
-def fmt_ms(s: dict) -> str:
-    return f"{1e3 * s['median']:.1f} [{1e3 * s['q1']:.1f}–{1e3 * s['q3']:.1f}]"
-
-
-def pf(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Model shape, prompt, threads and seed options (shared with the other CPU benchmarks)."""
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--prefix-layers", type=int, default=16)
-    p.add_argument("--scheduler-rank", type=int, default=8)
-    p.add_argument("--hidden-size", type=int, default=512)
-    p.add_argument("--intermediate-size", type=int, default=1376)
-    p.add_argument("--vision-hidden-size", type=int, default=32)
-    p.add_argument("--vision-layers", type=int, default=2)
-    p.add_argument("--prefix-tokens", type=int, default=8, help="text tokens before the image")
-    p.add_argument("--question-tokens", type=int, default=16, help="text tokens after the image")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
-    p.add_argument("--name", default=None, help="file stem for md/json/png (default: core, or core_quick with --quick)")
-    p.add_argument("--quick", action="store_true", help="~1 minute smoke run (few reps and tokens)")
-    p.add_argument("--reps", type=int, default=None, help="measured repetitions per configuration (default 20)")
-    p.add_argument("--warmup", type=int, default=None, help="discarded warm-up repetitions (default 2)")
-    p.add_argument("--new-tokens", type=int, default=None, help="greedy decode steps per request (default 16)")
-    add_model_args(p)
+    p = standard_parser(__doc__)
     args = p.parse_args(argv)
-    if args.reps is None:
-        args.reps = 2 if args.quick else 20
-    if args.warmup is None:
-        args.warmup = 1 if args.quick else 2
-    if args.new_tokens is None:
-        args.new_tokens = 4 if args.quick else 16
-    name = args.name or ("core_quick" if args.quick else "core")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    torch.set_num_threads(args.threads)
+    name, out_dir = resolve_args(args, "core", reps=(20, 2), warmup=(2, 1), new_tokens=(16, 4))
     with torch.inference_mode():
         run(args, name, out_dir)
 

@@ -24,7 +24,6 @@ ratio. CPU time other processes used during each repetition is recorded (see `be
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import random
@@ -36,8 +35,20 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import IMAGE_TOKEN, Config, add_model_args, build_ada, fmt_ms, make_inputs, pf, run_request, stats  # noqa: E402
-from bench_reduction import ForeignCpu, code_state  # noqa: E402
+from bench_core import run_request  # noqa: E402
+from harness import (  # noqa: E402
+    IMAGE_TOKEN,
+    Config,
+    ForeignCpu,
+    build_ada,
+    code_state,
+    fmt_ms,
+    make_inputs,
+    pf,
+    resolve_args,
+    standard_parser,
+    stats,
+)
 
 from ada_hf.token_reduction import TOKEN_REDUCTION_PRESETS  # noqa: E402
 from ada_hf.vision_merging import collapse_image_tokens  # noqa: E402
@@ -89,24 +100,10 @@ def after_llm_merge(reductions) -> int | None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    p.add_argument("--name", default=None, help="file stem (default: merging, or merging_quick with --quick)")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--reps", type=int, default=None, help="measured repetitions (default 20; 2 with --quick)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--new-tokens", type=int, default=None, help="decode steps (default 16; 4 with --quick)")
-    add_model_args(p)
+    p = standard_parser(__doc__)
     p.set_defaults(vision_layers=24, vision_hidden_size=64)
     args = p.parse_args(argv)
-    args.reps = args.reps or (2 if args.quick else 20)
-    args.new_tokens = args.new_tokens or (4 if args.quick else 16)
-    if args.quick:
-        args.warmup = 1
-    name = args.name or ("merging_quick" if args.quick else "merging")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
+    name, out = resolve_args(args, "merging", reps=(20, 2), warmup=(2, 1), new_tokens=(16, 4))
     with torch.inference_mode():
         run(args, name, out)
 

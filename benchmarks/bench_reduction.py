@@ -43,35 +43,34 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_core, when run from elsewhere
-# Importing bench_core also registers the CPU sdpa FLOP formula and puts the repo root on sys.path.
-from bench_core import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_core and harness, when run from elsewhere
+# Importing harness registers the CPU sdpa FLOP formula and puts the repo root on sys.path.
+from bench_core import plan_summary, run_request  # noqa: E402
+from harness import (  # noqa: E402
     IMAGE_TOKEN,
     LATENCY_TOKEN,
     Config,
-    add_model_args,
+    ForeignCpu,
     build_ada,
+    code_state,
     fmt_ms,
     make_inputs,
     pf,
-    plan_summary,
-    run_request,
+    resolve_args,
+    standard_parser,
     stats,
 )
 
@@ -134,29 +133,6 @@ def executed_layers(plan, num_layers: int) -> list[int]:
         return list(range(num_layers))
     heads = plan.heads_executed()[0]
     return [i for i in range(num_layers) if int(heads[i]) >= 0]
-
-
-def code_state(repo: Path) -> dict:
-    """Which ada_hf was measured: HEAD, whether ada_hf/ differs from it, and a hash of the sources as imported."""
-    import ada_hf
-
-    def git(*cmd):
-        try:
-            return subprocess.run(["git", *cmd], cwd=repo, capture_output=True, text=True, timeout=20).stdout
-        except Exception:  # noqa: BLE001
-            return ""
-
-    src = Path(ada_hf.__file__).resolve().parent
-    h = hashlib.sha256()
-    for f in sorted(src.glob("*.py")):
-        h.update(f.name.encode() + f.read_bytes())
-    dirty = git("status", "--porcelain", "--", "ada_hf")
-    return dict(
-        head=git("rev-parse", "--short", "HEAD").strip(),
-        ada_hf_modified_files=[line[3:] for line in dirty.splitlines()],
-        ada_hf_sha256=h.hexdigest()[:16],
-        ada_hf_path=str(src),
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -307,42 +283,6 @@ def layer_scaling(model, lengths=(8, 24, 96, 192, 600), reps: int = 7, seed: int
     return out
 
 
-class ForeignCpu:
-    """CPU time used by everything but this process (system busy time minus ours), in cores over an interval: a
-    direct measure of competition for the cores, unlike the 1-minute load average, which lags and counts us."""
-
-    def __init__(self):
-        self.proc = psutil.Process()
-        self.mark()
-
-    @staticmethod
-    def _busy() -> float:
-        t = psutil.cpu_times()
-        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-
-    def _own(self) -> float:
-        t = self.proc.cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def mark(self) -> None:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
-
-    def cores(self) -> float:
-        """Foreign cores busy on average since the last `mark()`."""
-        wall = time.perf_counter() - self.t0
-        return max(self._busy() - self.busy0 - (self._own() - self.own0), 0.0) / max(wall, 1e-9)
-
-    def wait_quiet(self, threshold: float, window: float = 0.25, max_wait: float = 60.0) -> float:
-        """Wait (up to max_wait s) until other processes use less than `threshold` cores over `window` s; returns
-        the seconds waited beyond the first window."""
-        start = time.perf_counter()
-        while True:
-            self.mark()
-            time.sleep(window)
-            if self.cores() < threshold or time.perf_counter() - start > max_wait:
-                return time.perf_counter() - start - window
-
-
 # --------------------------------------------------------------------------------------------------------------------
 def generate_tokens(model, inputs, latency, settings: dict, max_new_tokens: int, use_cache: bool) -> list[int]:
     ids, _, pixel_values = inputs
@@ -354,13 +294,8 @@ def generate_tokens(model, inputs, latency, settings: dict, max_new_tokens: int,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
-    p.add_argument("--name", default=None, help="file stem (default: reduction, or reduction_quick with --quick)")
-    p.add_argument("--quick", action="store_true", help="~1 minute smoke run (few reps and tokens)")
-    p.add_argument("--reps", type=int, default=None, help="measured repetitions per configuration (default 30)")
-    p.add_argument("--warmup", type=int, default=None, help="discarded warm-up repetitions (default 3)")
-    p.add_argument("--new-tokens", type=int, default=None, help="greedy decode steps per timed request (default 16)")
+    # --out, --name, --quick, --reps (default 30), --warmup (default 3), --new-tokens (default 16), model shape
+    p = standard_parser(__doc__)
     p.add_argument("--check-tokens", type=int, default=None, help="tokens per cached/uncached generate (default 8)")
     p.add_argument("--breakdown-reps", type=int, default=None, help="hooked prefill repetitions for the phase "
                    "breakdown (default 8)")  # fmt: skip
@@ -381,26 +316,10 @@ def main(argv=None):
         help="no more waiting or re-running once the timing phase has run this many seconds\n"
         "(default 300; 60 with --quick): the run stays bounded on a busy machine",
     )
-    add_model_args(p)
     args = p.parse_args(argv)
-    if args.reps is None:
-        args.reps = 2 if args.quick else 30
-    if args.warmup is None:
-        args.warmup = 1 if args.quick else 3
-    if args.new_tokens is None:
-        args.new_tokens = 4 if args.quick else 16
-    if args.check_tokens is None:
-        args.check_tokens = 3 if args.quick else 8
-    if args.breakdown_reps is None:
-        args.breakdown_reps = 2 if args.quick else 8
-    if args.redo_budget is None:
-        args.redo_budget = 60.0 if args.quick else 300.0
-    if args.max_redo is None:
-        args.max_redo = 2 if args.quick else 10
-    name = args.name or ("reduction_quick" if args.quick else "reduction")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
+    name, out_dir = resolve_args(args, "reduction", reps=(30, 2), warmup=(3, 1), new_tokens=(16, 4),
+                                 check_tokens=(8, 3), breakdown_reps=(8, 2), redo_budget=(300.0, 60.0),
+                                 max_redo=(10, 2))  # fmt: skip
     with torch.inference_mode():
         run(args, name, out_dir)
 
