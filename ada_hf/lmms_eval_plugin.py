@@ -35,12 +35,9 @@ from transformers import AutoProcessor, StoppingCriteria, StoppingCriteriaList
 
 from .modeling_ada_llava import AdaLlavaForConditionalGeneration
 
-try:  # the cost model behind `generate`'s efficiency report; loglikelihood uses it for its prefill-only figures
-    from .cost_model import original_metrics as _original_metrics
-    from .efficiency import parse_time_target as _parse_time_target
-    from .hardware import get_hardware as _get_hardware
-except ImportError:  # an ada_hf without it: no efficiency metrics, no time budgets
-    _original_metrics = _parse_time_target = _get_hardware = None
+from .cost_model import original_metrics as _original_metrics
+from .efficiency import parse_time_target as _parse_time_target
+from .hardware import get_hardware as _get_hardware
 from .processing_ada_llava import VICUNA_V1_CHAT_TEMPLATE
 from .token_reduction import ILLAVA_LLM_FIELDS, LLAVOLTA_FIELDS
 from .vision_merging import ILLAVA_VIT_FIELDS
@@ -222,8 +219,6 @@ def _parse_latency(value: Any) -> float | str | None:
         return None
     expected = f"latency={value!r}: expected a number in (0, 1], a time like '150ms' or 'none'."
     if isinstance(value, str) and value.rstrip().endswith(("ms", "s")):
-        if _parse_time_target is None:
-            raise ValueError(f"latency={value!r}: this ada_hf has no time budgets (no cost model).")
         _parse_time_target(value)  # a clear error for e.g. '-5ms'
         return value
     if isinstance(value, bool):
@@ -310,8 +305,7 @@ class AdaLlava(lmms):
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
             raise ValueError("batch_size=auto is not supported by ada_llava: give a number.")
         self.latency = _parse_latency(latency)
-        if _get_hardware is not None:
-            _get_hardware(hardware)  # an unknown name fails here, before the model loads
+        _get_hardware(hardware)  # an unknown name fails here, before the model loads
         self.hardware = hardware
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
@@ -590,8 +584,6 @@ class AdaLlava(lmms):
     def _prefill_metrics(self, plan: torch.Tensor | None, row: int, tokens: int) -> dict[str, float] | None:
         """The six metrics of one forward over `tokens` tokens (the `<latency>` token once): a prefill, with no
         decoding step, so `flops` = `avg_flops` = `prefill_flops` and `memory_consumption` = the prefill's."""
-        if _original_metrics is None:
-            return None
         text = self.model.config.text_config
         if plan is not None:
             heads = plan.heads_executed()[row].tolist()

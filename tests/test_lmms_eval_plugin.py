@@ -2,7 +2,6 @@
 lmms-eval's own evaluator on a tiny local task. Everything offline: a tiny model saved to a temporary folder and a
 dataset saved with `save_to_disk`."""
 
-import importlib.util
 import math
 import textwrap
 
@@ -25,9 +24,6 @@ from ada_hf.lmms_eval_plugin import (  # noqa: E402
 from ada_hf.tiny_model import build_tiny_model, tiny_config  # noqa: E402
 from ada_hf.tiny_processor import build_tiny_processor  # noqa: E402
 
-HAS_COST_MODEL = importlib.util.find_spec("ada_hf.cost_model") is not None
-needs_cost_model = pytest.mark.skipif(not HAS_COST_MODEL, reason="ada_hf.cost_model (generate's efficiency report) "
-                                      "is not there yet")  # fmt: skip
 
 # Requests built by hand carry a plain doc_to_visual function, not a task's bound method: no task to attach to.
 pytestmark = pytest.mark.filterwarnings("ignore:ada_llava. cannot attach the efficiency metrics")
@@ -110,9 +106,8 @@ def test_batched_generate_until_equals_one_at_a_time(pretrained):
     single = make_lm(pretrained, "latency=0.5,batch_size=1").generate_until(gen_requests(gen))
     assert batched == single
     assert len(set(batched)) > 1  # different prompts, different answers: the rows were not mixed up
-    if HAS_COST_MODEL:
-        for b, s in zip(batched, single):
-            assert b.efficiency == pytest.approx(s.efficiency)
+    for b, s in zip(batched, single):
+        assert b.efficiency == pytest.approx(s.efficiency)
 
 
 def test_generate_until_is_the_models_greedy_generate(pretrained):
@@ -134,8 +129,8 @@ def test_until_cuts_the_text_and_stops_early(pretrained):
     assert cut == full.split(stop)[0] and len(cut) < len(full)
     [cut_str] = lm.generate_until(gen_requests({"max_new_tokens": 8, "until": stop}, ids=[0]))
     assert cut_str == cut
-    if HAS_COST_MODEL:  # stopped after the stop word: fewer decoding steps were paid for
-        assert cut.efficiency["flops"] < full.efficiency["flops"]
+    # stopped after the stop word: fewer decoding steps were paid for
+    assert cut.efficiency["flops"] < full.efficiency["flops"]
 
 
 def test_loglikelihood_matches_a_hand_computation(pretrained):
@@ -209,14 +204,13 @@ def test_token_reduction_is_passed_to_generate(pretrained):
     )
     reduced = pooled.generate_until(gen_requests(gen, ids=[0, 1]))
     assert all(isinstance(r, str) for r in reduced)
-    if HAS_COST_MODEL:  # fewer image tokens in the LLM: a cheaper prefill
-        assert all(r.efficiency["prefill_flops"] < p.efficiency["prefill_flops"] for r, p in zip(reduced, plain))
+    # fewer image tokens in the LLM: a cheaper prefill
+    assert all(r.efficiency["prefill_flops"] < p.efficiency["prefill_flops"] for r, p in zip(reduced, plain))
     # loglikelihood writes the pooled placeholder count itself, as `forward` needs it
     [(value, _)] = pooled.loglikelihood(ll_requests([" yes"]))
     assert math.isfinite(value)
 
 
-@needs_cost_model
 def test_efficiency_metric_names_and_values(pretrained):
     lm = make_lm(pretrained, "latency=0.5,hardware=nvidia_A100_80G,batch_size=2")
     responses = lm.generate_until(gen_requests({"max_new_tokens": 5}, ids=[0, 1]))
@@ -329,15 +323,14 @@ def test_lmms_eval_evaluator_end_to_end(pretrained, task_dir):
     losses = [[v for v, _ in fresh.loglikelihood(ll_requests([c] * len(QUESTIONS)))] for c in choices]
     expected_acc = sum(min(range(3), key=lambda k: losses[k][i]) == 0 for i in range(len(QUESTIONS))) / len(QUESTIONS)
     assert results["ada_toy_mc"]["acc,none"] == pytest.approx(expected_acc)
-    if HAS_COST_MODEL:
-        for task in (TASK, "ada_toy_mc"):
-            records = lm.efficiency_records[task]
-            for metric in EFFICIENCY_METRICS:
-                key = f"{metric},{metric}"
-                assert key in results[task], sorted(results[task])
-                if task == TASK:  # one request per document: the mean over documents is the mean over requests
-                    expected = sum(r[metric] for r in records) / len(records)
-                    assert results[task][key] == pytest.approx(expected)
+    for task in (TASK, "ada_toy_mc"):
+        records = lm.efficiency_records[task]
+        for metric in EFFICIENCY_METRICS:
+            key = f"{metric},{metric}"
+            assert key in results[task], sorted(results[task])
+            if task == TASK:  # one request per document: the mean over documents is the mean over requests
+                expected = sum(r[metric] for r in records) / len(records)
+                assert results[task][key] == pytest.approx(expected)
 
 
 def test_a_batch_mixing_text_only_and_two_image_documents(pretrained):
