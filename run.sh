@@ -5,8 +5,9 @@
 #   bash run.sh test [pytest options]        # the test suite (what CI runs, through .ci/run)
 #
 # Both create .venv with python3 (>= 3.10) if it is missing, or reuse it, install torch==2.13.0 first unless that
-# version is already there, then `pip install -e '.[test]'` (skipped while pyproject.toml is unchanged since the last
-# install into this .venv), then run the command. Safe to run again: nothing is reinstalled that is already right.
+# version is already there, then `pip install -e '.[test,eval]'` and lmms-eval without its dependencies (skipped
+# while pyproject.toml is unchanged since the last install into this .venv), then run the command. Safe to run
+# again: nothing is reinstalled that is already right.
 #
 # Environment (all optional):
 #   PYTHON                  interpreter that creates .venv (default: the first of python3, python3.13 ... python3.10)
