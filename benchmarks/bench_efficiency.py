@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -77,7 +77,7 @@ class Setting:
 
     name: str
     kind: str
-    latency: float | None = None
+    latency: float | str | None = None  # a share of compute, or a time target such as "800ms"
     preset: str | None = None
     prefill: list[float] = field(default_factory=list)
     decode: list[float] = field(default_factory=list)
@@ -87,10 +87,12 @@ class Setting:
         return dict(name=self.name, kind=self.kind, latency=self.latency, preset=self.preset)
 
 
-def settings() -> list[Setting]:
+def settings(ms_targets: tuple[str, ...] = ()) -> list[Setting]:
+    """Every configuration of the benchmark, in report order; `ms_targets` ("800ms", ...) add time budgets."""
     out = [Setting("llava (transformers)", "llava")]
     for kind in ("L", "H"):
         out += [Setting(f"ada-{kind} latency={b}", kind, b) for b in BUDGETS]
+        out += [Setting(f"ada-{kind} latency={t}", kind, t) for t in ms_targets]
     out += [Setting(f"ada-L {p}", "L", None, p) for p in TOKEN_REDUCTION_PRESETS]
     for p in TOKEN_REDUCTION_PRESETS:
         out += [Setting(f"ada-{k} {p} + latency={PRESET_LATENCY}", k, PRESET_LATENCY, p) for k in ("L", "H")]
@@ -156,6 +158,8 @@ def request(model, setting: Setting, inputs, new_tokens: int, streamer=None, har
             kwargs["token_reduction"] = setting.preset
         if hardware is not None:
             kwargs["hardware"] = hardware
+        elif isinstance(setting.latency, str):
+            raise ValueError(f"{setting.name}: a time target needs the hardware to predict with")
     return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixel_values,
                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                           return_dict_in_generate=True, streamer=streamer, **kwargs)  # fmt: skip
@@ -221,7 +225,10 @@ def child_main(spec_path: str) -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             result["cuda_after_load"] = torch.cuda.memory_allocated(device)
-        request(model, setting, inputs, spec["new_tokens"])
+        hardware = None
+        if spec.get("hardware"):  # a time target: the parent's profile, so the child runs the same plan
+            hardware = Hardware(**dict(spec["hardware"], peak={int(k): v for k, v in spec["hardware"]["peak"].items()}))
+        request(model, setting, inputs, spec["new_tokens"], hardware=hardware)
         sync(device)
     # With the reset, the peak from here on is the request's (weights included, as they stay resident); without it,
     # the process's peak (the load's, if higher).
@@ -232,7 +239,8 @@ def child_main(spec_path: str) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure_memory(all_settings: list[Setting], weights: dict, inputs_path: Path, args, device, dtype, tmp: Path):
+def measure_memory(all_settings: list[Setting], weights: dict, inputs_path: Path, args, device, dtype, tmp: Path,
+                   hw: Hardware) -> None:  # fmt: skip
     """Run every configuration's memory child (`--jobs` at a time); each adds `info["memory"]`."""
     jobs = max(1, args.jobs if device.type == "cpu" else 1)
     threads = max(1, args.threads // jobs)
@@ -244,7 +252,9 @@ def measure_memory(all_settings: list[Setting], weights: dict, inputs_path: Path
             s = pending.pop(0)
             spec = dict(setting=s.spec(), weights=weights, inputs=str(inputs_path), device=str(device),
                         dtype=str(dtype).removeprefix("torch."), threads=threads,
-                        new_tokens=args.new_tokens)  # fmt: skip
+                        new_tokens=args.new_tokens, hardware=None)  # fmt: skip
+            if isinstance(s.latency, str):
+                spec["hardware"] = dict(asdict(hw), peak={str(k): v for k, v in hw.peak.items()})
             path = tmp / f"spec_{len(pending)}_{s.kind}.json"
             path.write_text(json.dumps(spec))
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path)]
@@ -295,8 +305,13 @@ def main(argv=None) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny model and few tokens, for tests (seconds)")
     p.add_argument("--jobs", type=int, default=2, help="memory subprocesses at a time on CPU (default 2)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-configs", default=None, help="peak memory only for the configurations matching this\n"
+                   "regular expression (default: all)")  # fmt: skip
     p.add_argument("--recalibrate", action="store_true", help="calibrate the local hardware profile first")
     p.add_argument("--gpu-model", default="nvidia_A100", help="hardware table entry for the modelled GPU time")
+    p.add_argument("--ms-targets", type=lambda v: tuple(float(x) for x in v.split(",") if x), default=(0.75, 0.5),
+                   help="time budgets ('<N>ms', ada-L and ada-H) as shares of the full model's predicted request time\n"
+                   "on the local profile (default 0.75,0.5; empty: none)")  # fmt: skip
     p.add_argument("--configs", default=None, help="only the configurations whose name matches this regular expression")
     p.set_defaults(vision_layers=24, vision_hidden_size=64)  # CLIP of LLaVA-1.5's depth: iLLaVA's merge layers exist
     args = p.parse_args(argv)
@@ -339,17 +354,20 @@ def run(args, name: str, out_dir: Path, device: torch.device, dtype: torch.dtype
     ids, _, pixel_values = harness.make_inputs(args)
     inputs = (ids.to(device), pixel_values.to(device=device, dtype=dtype))
     bits = dtype_bits(dtype)
-    all_settings = settings()
+    llava_cost = CostModel(ada_l.config, hw, bits).request(
+        llm_tokens=ids.shape[1], new_tokens=args.new_tokens, images=1, image_tokens=harness.image_tokens(args),
+        scheduler=False,
+    )  # fmt: skip
+    # Time targets as shares of the full model's predicted request time on this machine, so that they fall inside the
+    # range the scheduler can meet whatever the machine's speed.
+    ms_targets = tuple(f"{1e3 * share * llava_cost.total.seconds:.0f}ms" for share in args.ms_targets)
+    all_settings = settings(ms_targets)
     if args.configs:
         all_settings = [s for s in all_settings if re.search(args.configs, s.name)]
         if not all_settings:
             raise SystemExit(f"--configs {args.configs!r} matches no configuration: {[s.name for s in settings()]}")
 
     # ---- modelled and measured FLOPs, KV cache, predictions (one untimed request each, under FlopCounterMode) ----
-    llava_cost = CostModel(ada_l.config, hw, bits).request(
-        llm_tokens=ids.shape[1], new_tokens=args.new_tokens, images=1, image_tokens=harness.image_tokens(args),
-        scheduler=False,
-    )  # fmt: skip
     llava_gpu = CostModel(ada_l.config, gpu, 16).request(
         llm_tokens=ids.shape[1], new_tokens=args.new_tokens, images=1, image_tokens=harness.image_tokens(args),
         scheduler=False,
@@ -409,7 +427,9 @@ def run(args, name: str, out_dir: Path, device: torch.device, dtype: torch.dtype
             clock = TokenClock()
             sync(device)
             start = time.perf_counter()
-            request(models[s.kind], s, inputs, args.new_tokens, streamer=clock)
+            # Time targets need the hardware: choosing the budget is part of the request (and of its prefill time).
+            request(models[s.kind], s, inputs, args.new_tokens, streamer=clock,
+                    hardware=hw if isinstance(s.latency, str) else None)  # fmt: skip
             # times[0] is the prompt's put; times[1] the first generated token (the end of the prefill).
             if rep >= args.warmup:
                 s.prefill.append(clock.times[1] - start)
@@ -429,7 +449,8 @@ def run(args, name: str, out_dir: Path, device: torch.device, dtype: torch.dtype
                 weights[key] = str(tmp / key)
             inputs_path = tmp / "inputs.pt"
             torch.save((ids, pixel_values), inputs_path)
-            measure_memory(all_settings, weights, inputs_path, args, device, dtype, tmp)
+            chosen = [s for s in all_settings if args.memory_configs is None or re.search(args.memory_configs, s.name)]
+            measure_memory(chosen, weights, inputs_path, args, device, dtype, tmp, hw)
 
     # ---- analysis ----
     for s in all_settings:
@@ -439,6 +460,7 @@ def run(args, name: str, out_dir: Path, device: torch.device, dtype: torch.dtype
         i["decode_prediction_ratio"] = i["predicted_decode_s_per_token"] / i["decode"]["median"]
         i["prefill_flops_ratio"] = i["modelled_prefill_flops"] / i["measured_prefill_flops"]
         i["decode_flops_ratio"] = i["modelled_decode_flops"] / max(i["measured_decode_flops"], 1)
+        i["measured_total_s"] = i["prefill"]["median"] + (args.new_tokens - 1) * i["decode"]["median"]
     checks = analyse(all_settings)
     load = dict(start=load_start, end=os.getloadavg(), max_during_timing=max(loads), per_rep=loads,
                 foreign_cores=foreign)  # fmt: skip
@@ -465,6 +487,11 @@ def budget_settings(all_settings: list[Setting]) -> list[Setting]:
     return [s for s in all_settings if s.kind != "llava" and s.preset is None]
 
 
+def time_targets(all_settings: list[Setting]) -> list[Setting]:
+    """The configurations with a time target ("<N>ms")."""
+    return [s for s in all_settings if isinstance(s.latency, str)]
+
+
 def analyse(all_settings: list[Setting]) -> list[dict]:
     """The report's checks: prediction within 15% over the ada budgets, FLOPs within 2%, KV-cache bytes agree."""
     checks = []
@@ -488,6 +515,15 @@ def analyse(all_settings: list[Setting]) -> list[dict]:
             value=f"{min(ratios.values()):.4f} to {max(ratios.values()):.4f} (worst: {worst})",
             tolerance=f"within {TOL_FLOPS:.0%}",
             passed=all(abs(r - 1) <= TOL_FLOPS for r in ratios.values()),
+        ))  # fmt: skip
+    targeted = time_targets(all_settings)
+    if targeted:
+        over = {s.name: s.info["measured_total_s"] / s.info["report"]["target_seconds"] for s in targeted}
+        checks.append(dict(
+            target="time targets (latency='<N>ms', hardware=local): measured request time / target",
+            value=", ".join(f"{name}: {r:.2f}" for name, r in over.items()),
+            tolerance=f"at most {1 + TOL_PREDICTION:.2f}",
+            passed=all(r <= 1 + TOL_PREDICTION for r in over.values()),
         ))  # fmt: skip
     differ = [s.name for s in all_settings if s.info["kv_cache_bytes_model"] != s.info["kv_cache_bytes_tensors"]]
     checks.append(dict(target="KV-cache bytes: cost model == the returned cache's tensors, every configuration",
@@ -574,6 +610,20 @@ def render_markdown(args, all_settings, checks, env, hw, hw_note, gpu, load, wal
         rows,
     )  # fmt: skip
     L.append("")
+    targeted = time_targets(all_settings)
+    if targeted:
+        L.append("## Time targets\n")
+        L.append(f"`generate(..., latency='<N>ms', hardware=local, max_new_tokens={args.new_tokens})`: the targets are "
+                 f"shares ({', '.join(f'{x:g}' for x in args.ms_targets)}) of the full model's predicted request time; "
+                 "generate runs the largest budget predicted to fit (request time: prefill + decode).\n")  # fmt: skip
+        L += md_table(
+            ["config", "plan chosen", "predicted request ms", "measured request ms", "measured / target"],
+            [[s.name, s.info["plan"],
+              f"{1e3 * (s.info['report']['prefill_seconds'] + s.info['report']['decode_seconds']):.0f}",
+              f"{1e3 * s.info['measured_total_s']:.0f}",
+              f"{s.info['measured_total_s'] / s.info['report']['target_seconds']:.2f}"] for s in targeted],
+        )  # fmt: skip
+        L.append("")
     L.append("## Checks\n")
     L += md_table(["target", "measured", "tolerance", "result"],
                   [[c["target"], c["value"], c["tolerance"], pf(c["passed"])] for c in checks])  # fmt: skip

@@ -4,6 +4,7 @@ configurations and columns, and its modelled FLOPs and KV-cache bytes equal the 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import bench_efficiency  # noqa: E402
 
 from ada_hf.hardware import Hardware, save_local_profile  # noqa: E402
 
-# Llava, and ada with the scheduler and a vision-encoder merging preset (generate shortens the prompt's image run and
-# the report comes from the efficiency hook): the benchmark's code paths, with two memory subprocesses (in parallel).
-CONFIGS = r"^llava|^ada-L illava-image \+ latency"
+# Llava, ada with the scheduler and a vision-encoder merging preset (generate shortens the prompt's image run), and ada
+# with a time target: the benchmark's code paths; peak memory (one subprocess each, in parallel) for Llava and the
+# time target (whose subprocess needs the hardware profile to choose the same plan).
+CONFIGS = r"^llava|^ada-L illava-image \+ latency|^ada-H latency=\d+ms"
 
 
 def test_settings_cover_the_issue():
@@ -45,8 +47,10 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, local_profile):
     out = tmp_path / "results"
     threads = torch.get_num_threads()
     try:
+        # One thread: on a shared machine, two threads waiting on each other cost far more than they gain here.
         bench_efficiency.main(["--tiny", "--device", "cpu", "--out", str(out), "--configs", CONFIGS, "--reps", "1",
-                               "--warmup", "0", "--new-tokens", "2"])  # fmt: skip
+                               "--warmup", "0", "--new-tokens", "2", "--ms-targets", "0.9", "--jobs", "2",
+                               "--threads", "1", "--memory-configs", "^llava|ms$"])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     stem = out / "efficiency_tiny_cpu"
@@ -54,13 +58,19 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, local_profile):
         assert stem.with_suffix(suffix).is_file(), suffix
     result = json.loads(stem.with_suffix(".json").read_text())
     names = [c["name"] for c in result["configs"]]
-    assert names == ["llava (transformers)", "ada-L illava-image + latency=0.6"]
+    assert names[0] == "llava (transformers)" and names[2] == "ada-L illava-image + latency=0.6", names
+    assert re.fullmatch(r"ada-H latency=\d+ms", names[1]), names
+    target = next(c for c in result["configs"] if c["name"].endswith("ms"))
+    assert target["kind"] == "H" and target["report"]["target_seconds"] > 0
     for c in result["configs"]:
         assert c["modelled_prefill_flops"] == c["measured_prefill_flops"], c["name"]
         assert c["modelled_decode_flops"] == c["measured_decode_flops"], c["name"]
         assert c["kv_cache_bytes_model"] == c["kv_cache_bytes_tensors"] > 0, c["name"]
         assert c["predicted_prefill_s"] > 0 and c["prefill"]["median"] > 0 and c["decode"]["median"] > 0
         assert c["gpu_prefill_s"] > 0
+        if c["name"] == "ada-L illava-image + latency=0.6":
+            assert "memory" not in c  # not asked for
+            continue
         memory = c["memory"]
         assert memory["peak_rss_is_request_only"] and memory["peak_rss"] > 0.9 * memory["rss_after_load"] > 0, memory
     tokens = {c["name"]: c["llm_prompt_tokens"] for c in result["configs"]}
@@ -73,4 +83,4 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, local_profile):
     for column in ("prefill ms", "decode ms/token", "predicted prefill ms (pred/meas)", "peak RSS MiB",
                    "KV cache MiB model / tensors", "prefill GFLOPs measured / modelled", "nvidia_A100"):  # fmt: skip
         assert column in md, column
-    assert "## Checks" in md and ("PASS" in md or "FAIL" in md)
+    assert "## Checks" in md and "## Time targets" in md and ("PASS" in md or "FAIL" in md)
