@@ -181,7 +181,8 @@ def load_image(value: Any) -> Image.Image:
         image = image.convert("RGB")
     except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as error:
         name = os.path.basename(str(value)) if isinstance(value, (str, os.PathLike)) else type(value).__name__
-        raise DemoInputError(f"The image {name!r} could not be decoded ({error}). Try a PNG or JPEG file.") from error
+        detail = str(error).replace(str(value), name)  # the upload's temporary path says nothing to the person
+        raise DemoInputError(f"The image {name!r} could not be decoded ({detail}). Try a PNG or JPEG file.") from error
     if min(image.size) < 1:
         raise DemoInputError(f"The image is empty ({image.size[0]}x{image.size[1]} pixels).")
     return image
@@ -843,6 +844,21 @@ def compare_update(
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The Gradio app
+def _example_rows(examples, folder: Path) -> list[list[str]]:
+    """`[path, question]` rows for gr.Examples: the bundled pictures by default; PIL images are saved in `folder`."""
+    if examples is None:
+        return [[path, DEFAULT_QUESTION] for path in example_images(folder)]
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (picture, text) in enumerate(examples):
+        if isinstance(picture, Image.Image):
+            path = folder / f"example_{i}.png"
+            picture.save(path)
+            picture = str(path)
+        rows.append([str(picture), text])
+    return rows
+
+
 def _tolerant_image_class(gr):
     """gr.Image whose upload never fails before the handler: Gradio decodes uploads in `preprocess` and answers an
     undecodable one with a bare "Error"; this passes the file's path on instead, and `load_image` says what is
@@ -880,6 +896,7 @@ def build_app(
     examples_dir: str | os.PathLike | None = None,
     title: str = "AdaLLaVA: answers under a latency budget",
     notice: str | None = None,
+    examples: Sequence[tuple[Image.Image | str, str]] | None = None,
 ):
     """The Gradio Blocks app over `models` (see the module docstring). Queue: one request at a time over all events
     (they share the models), at most 16 waiting."""
@@ -888,7 +905,7 @@ def build_app(
     labels = list(models)
     first = labels[0] if labels else None
     examples_dir = Path(examples_dir) if examples_dir is not None else Path(tempfile.mkdtemp(prefix="ada-hf-demo-"))
-    examples = example_images(examples_dir)
+    examples = _example_rows(examples, examples_dir)
     lock = threading.Lock()  # the models are shared by every event: one request at a time
 
     def ask(image, question, budget, variant, reduction, max_new_tokens):
@@ -938,7 +955,7 @@ def build_app(
                     elem_id="max-new-tokens",
                 )  # fmt: skip
                 ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
-                gr.Examples([[p, DEFAULT_QUESTION] for p in examples], [image, question], label="Examples")
+                gr.Examples(examples, [image, question], label="Examples")
             with gr.Column(scale=1):
                 status = gr.Markdown(elem_id="status")
                 answer = gr.Textbox(label="Answer", lines=3, interactive=False, elem_id="answer")
@@ -1006,6 +1023,7 @@ def launch(
     timeout: float = DEFAULT_TIMEOUT_S,
     block: bool = True,
     models: Mapping[str, DemoModel] | None = None,
+    examples: Sequence[tuple[Image.Image | str, str]] | None = None,
     **launch_kwargs,
 ):
     """Load the model(s) and serve the app; blocks until interrupted unless `block=False`.
@@ -1018,6 +1036,8 @@ def launch(
         timeout (`float`, *optional*): Seconds after which a request is stopped and reported.
         block (`bool`, *optional*, defaults to True): Serve until interrupted; False returns at once (tests).
         models (`Mapping[str, DemoModel]`, *optional*): Serve these instead of loading `model`.
+        examples (`Sequence[tuple[PIL.Image.Image | str, str]]`, *optional*): Example (image, question) pairs to
+            offer; default: two bundled pictures drawn with PIL.
 
     Returns:
         The Gradio app (`app.local_url` is its address); closing it is `app.close()`.
@@ -1031,7 +1051,7 @@ def launch(
         from .demo import RANDOM_WEIGHTS_NOTICE
 
         notice = RANDOM_WEIGHTS_NOTICE
-    app = build_app(models, timeout_s=timeout, notice=notice)
+    app = build_app(models, timeout_s=timeout, notice=notice, examples=examples)
     app.launch(
         server_name=host,
         server_port=port,

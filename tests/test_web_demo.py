@@ -92,8 +92,9 @@ def test_load_image_accepts_paths_pil_and_arrays(tmp_path):
 def test_load_image_refuses_what_it_cannot_decode(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image at all")
-    with pytest.raises(wd.DemoInputError, match="'broken.png' could not be decoded"):
+    with pytest.raises(wd.DemoInputError, match="'broken.png' could not be decoded") as refused:
         wd.load_image(str(broken))
+    assert str(tmp_path) not in str(refused.value)  # the upload's temporary folder is noise to the reader
     truncated = tmp_path / "truncated.png"
     demo_image().save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:200])
@@ -183,9 +184,7 @@ def test_stream_request_matches_generate(models, variant):
     # The same request through plain generate: the same tokens, plan and cost report.
     processor = entry.processor
     inputs = processor(images=demo_image(), text=wd._prompt(processor, QUESTION), return_tensors="pt")
-    out = entry.model.generate(
-        **inputs, latency=0.7, max_new_tokens=6, do_sample=False, return_dict_in_generate=True
-    )
+    out = entry.model.generate(**inputs, latency=0.7, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
     new_tokens = out.sequences[0, inputs["input_ids"].shape[1] :]
     assert result.answer == processor.decode(new_tokens, skip_special_tokens=True).strip()
     assert result.heads == out.execution_plan[0].tolist()
@@ -355,3 +354,5 @@ def test_build_app(models, tmp_path):
     ids = {block.elem_id for block in app.blocks.values() if getattr(block, "elem_id", None)}
     assert {"image", "question", "budget", "variant", "reduction", "ask", "answer", "plan", "metrics"} <= ids
     assert sorted(p.name for p in tmp_path.iterdir()) == ["house.png", "shapes.png"]
+    wd.build_app(models, examples_dir=tmp_path / "own", examples=[(demo_image(), "How many trees?")])
+    assert [p.name for p in (tmp_path / "own").iterdir()] == ["example_0.png"]
