@@ -46,6 +46,9 @@ MAX_COMPARE_BUDGETS = 8
 NO_REDUCTION = "none"
 DEFAULT_QUESTION = "What is in the picture?"
 
+# Small pictures (the trained tiny demo model sees 32 px) are shown enlarged, with sharp pixels.
+PAGE_CSS = "#image img, #kept img { image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%; }"
+
 # Colours of the plan drawing (prefix layers always run; the scheduler picks among the others).
 PREFIX_COLOUR = "#5b7fd6"
 RUN_COLOUR = "#2e9d4f"
@@ -112,7 +115,9 @@ def load_models(source: str | os.PathLike | None = None) -> dict[str, DemoModel]
         return default_models()
     path = Path(os.path.expanduser(str(source)))
     if path.is_dir() and not (path / "config.json").is_file():
-        subfolders = sorted(p for p in path.iterdir() if p.is_dir() and (p / "config.json").is_file())
+        found = [p for p in path.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+        # L, then H, then the others by name: the page offers the first one by default.
+        subfolders = sorted(found, key=lambda p: ({"L": 0, "H": 1}.get(p.name, 2), p.name))
         if not subfolders:
             raise DemoModelError(
                 f"No model found in {path}: it holds no config.json, nor sub-folders with one (e.g. L/ and H/)."
@@ -329,7 +334,13 @@ class DemoResult:
 
     @property
     def tokens_per_second(self) -> float | None:
-        """Decode speed: tokens after the first per second of decoding (None with a single token)."""
+        """Generated tokens per second of the whole request (prefill included): steady even for short answers."""
+        seconds = self.prefill_seconds + self.decode_seconds
+        return self.generated_tokens / seconds if self.generated_tokens and seconds > 0 else None
+
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        """Decode speed: tokens after the first per second of decoding (None below 2 tokens)."""
         if self.generated_tokens < 2 or self.decode_seconds <= 0:
             return None
         return (self.generated_tokens - 1) / self.decode_seconds
@@ -351,6 +362,7 @@ class DemoResult:
             "prefill_seconds": self.prefill_seconds,
             "decode_seconds": self.decode_seconds,
             "tokens_per_second": self.tokens_per_second,
+            "decode_tokens_per_second": self.decode_tokens_per_second,
             "generated_tokens": self.generated_tokens,
             "total_gflops": eff.get("total_flops", 0) / 1e9,
             "prefill_gflops": eff.get("prefill_flops", 0) / 1e9,
@@ -665,7 +677,8 @@ METRIC_LABELS = {
     "mlp_groups_run": "MLP groups run",
     "prefill_seconds": "prefill time, s (to the first token)",
     "decode_seconds": "decode time, s (the other tokens)",
-    "tokens_per_second": "decode tokens / s",
+    "tokens_per_second": "tokens / s (whole request)",
+    "decode_tokens_per_second": "tokens / s (decoding only)",
     "generated_tokens": "generated tokens",
     "total_gflops": "FLOPs, G (whole request, modelled)",
     "prefill_gflops": "prefill FLOPs, G",
@@ -679,7 +692,7 @@ def metrics_html(result: DemoResult) -> str:
     """The request's figures as a two-column table (`data-metric` on each row)."""
     rows = []
     for key, value in result.metrics().items():
-        digits = 2 if key.endswith("gflops") or key == "tokens_per_second" else 3
+        digits = 2 if key.endswith("gflops") or key.endswith("tokens_per_second") else 3
         rows.append(
             f'<tr data-metric="{key}"><td style="padding:1px 8px 1px 0;color:#444">{METRIC_LABELS[key]}</td>'
             f'<td style="padding:1px 0;font-family:monospace">{html.escape(_fmt(value, digits))}</td></tr>'
@@ -699,7 +712,8 @@ def compare_html(results: Sequence[DemoResult]) -> str:
             f"{plan_html(r, compact=True)}"
             f'<div style="font-size:12px;margin-top:4px"><b>answer:</b> {html.escape(r.answer) or "(empty)"}</div>'
             f'<div style="font-size:12px;color:#333">prefill {_fmt(m["prefill_seconds"], 2)} s · decode '
-            f"{_fmt(m['tokens_per_second'], 1)} tok/s · {_fmt(m['total_gflops'], 2)} GFLOPs</div></div>"
+            f"{_fmt(m['decode_seconds'], 2)} s · {_fmt(m['tokens_per_second'], 1)} tok/s · "
+            f"{_fmt(m['total_gflops'], 2)} GFLOPs</div></div>"
         )
     header = ["budget", "effective", "layers", "heads", "prefill s", "decode s", "tok/s", "GFLOPs", "image tokens"]
     rows = []
@@ -995,6 +1009,14 @@ def build_app(
     return app
 
 
+def warm_up_models(models: Mapping[str, DemoModel]) -> None:
+    """One short request per model (a bundled picture, 2 tokens), its result thrown away."""
+    from .demo import demo_image
+
+    for label in models:
+        run_request(validate_request(models, demo_image(), DEFAULT_QUESTION, 1.0, label, max_new_tokens=2))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `ada-hf demo` flags of the web app (MODEL, --host, --port, --share, --timeout)."""
     parser.add_argument(
@@ -1024,6 +1046,7 @@ def launch(
     block: bool = True,
     models: Mapping[str, DemoModel] | None = None,
     examples: Sequence[tuple[Image.Image | str, str]] | None = None,
+    warm_up: bool = True,
     **launch_kwargs,
 ):
     """Load the model(s) and serve the app; blocks until interrupted unless `block=False`.
@@ -1038,6 +1061,8 @@ def launch(
         models (`Mapping[str, DemoModel]`, *optional*): Serve these instead of loading `model`.
         examples (`Sequence[tuple[PIL.Image.Image | str, str]]`, *optional*): Example (image, question) pairs to
             offer; default: two bundled pictures drawn with PIL.
+        warm_up (`bool`, *optional*, defaults to True): Run one short request per model before serving, so that the
+            first timings shown are not those of one-off start-up work.
 
     Returns:
         The Gradio app (`app.local_url` is its address); closing it is `app.close()`.
@@ -1051,6 +1076,8 @@ def launch(
         from .demo import RANDOM_WEIGHTS_NOTICE
 
         notice = RANDOM_WEIGHTS_NOTICE
+    if warm_up:
+        warm_up_models(models)
     app = build_app(models, timeout_s=timeout, notice=notice, examples=examples)
     app.launch(
         server_name=host,
@@ -1059,6 +1086,7 @@ def launch(
         prevent_thread_lock=not block,
         inbrowser=False,
         quiet=not block,
+        css=launch_kwargs.pop("css", PAGE_CSS),
         **launch_kwargs,
     )
     return app

@@ -200,7 +200,10 @@ def test_stream_request_matches_generate(models, variant):
     assert metrics["layers_run"] == f"{result.layers_run}/10"
     assert metrics["total_gflops"] == pytest.approx(out.efficiency[0].total_flops / 1e9)
     if result.generated_tokens > 1:
-        assert metrics["tokens_per_second"] == pytest.approx((result.generated_tokens - 1) / result.decode_seconds)
+        decode_rate = (result.generated_tokens - 1) / result.decode_seconds
+        assert metrics["decode_tokens_per_second"] == pytest.approx(decode_rate)
+    seconds = result.prefill_seconds + result.decode_seconds
+    assert metrics["tokens_per_second"] == pytest.approx(result.generated_tokens / seconds)
     _wait_no_generate_thread()
 
 
@@ -284,7 +287,8 @@ def test_plan_html_draws_every_layer():
     assert page.count('data-state="run"') == 2
     assert 'data-layer="2" data-state="run" data-heads="2" data-mlp="1"' in page
     assert "4/6 layers, 14/24 heads, 13/24 MLP groups run" in page
-    assert result.tokens_per_second == pytest.approx(3 / 0.3)
+    assert result.decode_tokens_per_second == pytest.approx(3 / 0.3)
+    assert result.tokens_per_second == pytest.approx(4 / 0.5)
     table = wd.metrics_html(result)
     assert 'data-metric="image_tokens"' in table and "576" in table
     assert wd.compare_html([result]).count("a &lt;b&gt;") == 1  # answers are escaped
@@ -329,7 +333,7 @@ def test_load_models_from_a_folder_of_variants(tmp_path, models):
         models[label].model.save_pretrained(tmp_path / label)
         models[label].processor.save_pretrained(tmp_path / label)
     loaded = wd.load_models(tmp_path)
-    assert list(loaded) == ["H", "L"]
+    assert list(loaded) == ["L", "H"]  # L first: the page's default
     assert loaded["L"].model.config.scheduler_type == "L" and loaded["L"].model.dtype == torch.float32
     single = wd.load_models(tmp_path / "H")
     assert list(single) == ["H"]
