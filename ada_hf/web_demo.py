@@ -873,22 +873,20 @@ def _example_rows(examples, folder: Path) -> list[list[str]]:
     return rows
 
 
-def _tolerant_image_class(gr):
-    """gr.Image whose upload never fails before the handler: Gradio decodes uploads in `preprocess` and answers an
-    undecodable one with a bare "Error"; this passes the file's path on instead, and `load_image` says what is
-    wrong with it."""
+def _tolerate_undecodable_uploads(image) -> None:
+    """Make a gr.Image hand undecodable uploads to the handler: Gradio decodes uploads in `preprocess` and answers an
+    undecodable one with a bare "Error"; this passes the file's path on instead, and `load_image` says what is wrong
+    with it. Patched on the instance, not subclassed: Gradio writes a .pyi stub next to any module that subclasses a
+    component."""
+    decode = image.preprocess
 
-    class TolerantImage(gr.Image):
-        def get_block_name(self) -> str:
-            return "image"  # the frontend's Image component
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except Exception:
+            return getattr(payload, "path", None) or "undecodable upload"
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Exception:
-                return getattr(payload, "path", None) or "undecodable upload"
-
-    return TolerantImage
+    image.preprocess = preprocess
 
 
 def _variant_title(entry: DemoModel) -> str:
@@ -947,10 +945,11 @@ def build_app(
             gr.Markdown(notice)
         with gr.Row():
             with gr.Column(scale=1):
-                image = _tolerant_image_class(gr)(
+                image = gr.Image(
                     type="filepath", sources=["upload", "clipboard"], label="Image", height=300, elem_id="image",
                     format="png",  # lossless: the model sees the pixels that were uploaded
                 )  # fmt: skip
+                _tolerate_undecodable_uploads(image)
                 question = gr.Textbox(label="Question", value=DEFAULT_QUESTION, lines=2, elem_id="question")
                 budget = gr.Slider(
                     0.05, 1.0, value=DEFAULT_BUDGET, step=0.05, label="Latency budget (share of compute)",

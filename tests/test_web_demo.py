@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -355,6 +356,7 @@ def test_build_app(models, tmp_path):
     gr = pytest.importorskip("gradio")
     app = wd.build_app(models, examples_dir=tmp_path)
     assert isinstance(app, gr.Blocks)
+    assert not Path(wd.__file__).with_suffix(".pyi").exists()  # Gradio stubs only component subclasses: none here
     ids = {block.elem_id for block in app.blocks.values() if getattr(block, "elem_id", None)}
     assert {"image", "question", "budget", "variant", "reduction", "ask", "answer", "plan", "metrics"} <= ids
     assert sorted(p.name for p in tmp_path.iterdir()) == ["house.png", "shapes.png"]
