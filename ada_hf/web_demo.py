@@ -125,6 +125,8 @@ def load_models(source: str | os.PathLike | None = None) -> dict[str, DemoModel]
         targets = [(p.name, str(p)) for p in subfolders]
     elif path.exists() and not path.is_dir():
         raise DemoModelError(f"No model found at {path}: give a checkpoint folder (with config.json) or a Hub id.")
+    elif not path.exists() and (path.is_absolute() or str(source).startswith((".", "~"))):
+        raise DemoModelError(f"No model found at {path}: there is no such folder.")
     else:
         targets = [(None, str(source) if not path.is_dir() else str(path))]
     models: dict[str, DemoModel] = {}
@@ -133,8 +135,8 @@ def load_models(source: str | os.PathLike | None = None) -> dict[str, DemoModel]
             model, processor = _load_one(target)
         except (OSError, ValueError, KeyError) as error:
             raise DemoModelError(
-                f"No model found at {target!r}: {error}. Give an ada checkpoint folder (with config.json and the "
-                "processor files) or a Hub id already in the local cache."
+                f"No model found at {target!r}: {str(error).rstrip('.')}. Give an ada checkpoint folder (with "
+                "config.json and the processor files) or a Hub id already in the local cache."
             ) from error
         label = name or getattr(model.config, "scheduler_type", None) or Path(target).name
         label = str(label)
@@ -1076,6 +1078,8 @@ def launch(
 
         notice = RANDOM_WEIGHTS_NOTICE
     if warm_up:
+        if block:  # the command line: say what the wait is for
+            print(f"ada-hf demo: warming up {', '.join(models)} (one short request each)...", flush=True)
         warm_up_models(models)
     app = build_app(models, timeout_s=timeout, notice=notice, examples=examples)
     app.launch(

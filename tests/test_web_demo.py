@@ -325,7 +325,7 @@ def test_load_models_messages(tmp_path):
     stray.write_bytes(b"0")
     with pytest.raises(wd.DemoModelError, match="No model found at"):
         wd.load_models(stray)
-    with pytest.raises(wd.DemoModelError, match="No model found at"):
+    with pytest.raises(wd.DemoModelError, match="does-not-exist: there is no such folder"):
         wd.load_models(tmp_path / "does-not-exist")
 
 
