@@ -47,7 +47,7 @@ NO_REDUCTION = "none"
 DEFAULT_QUESTION = "What is in the picture?"
 
 # Small pictures (the trained tiny demo model sees 32 px) are shown enlarged, with sharp pixels.
-PAGE_CSS = "#image img, #kept img { image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%; }"
+PAGE_CSS = "#image img { image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%; }"
 
 # Colours of the plan drawing (prefix layers always run; the scheduler picks among the others).
 PREFIX_COLOUR = "#5b7fd6"
@@ -978,9 +978,10 @@ def build_app(
                 plan = gr.HTML(elem_id="plan")
                 gr.Markdown("**Measured on this machine** (times) **and modelled** (FLOPs)")
                 metrics = gr.HTML(elem_id="metrics")
+                # No label over the picture: it would hide the panel titles ("After the vision encoder (N kept)").
                 kept = gr.Image(
-                    label="Kept patches (iLLaVA token merging)", type="pil", interactive=False, visible=False,
-                    elem_id="kept",
+                    label="Kept patches (iLLaVA token merging)", show_label=False, type="pil", interactive=False,
+                    visible=False, elem_id="kept",
                 )  # fmt: skip
         with gr.Accordion("Compare budgets", open=True):
             with gr.Row():

@@ -190,3 +190,26 @@ def test_bad_input_gets_a_clear_message(served, browser, tmp_path):
     browser.find_element(By.ID, "compare").click()
     wait.until(lambda d: "outside (0, 1]" in d.find_element(By.ID, "compare-status").text)
     _screenshot(browser, "web_demo_errors.png")
+
+
+def test_token_reduction_shows_the_kept_patches(served, browser, tmp_path):
+    url, _ = served
+    image_path = tmp_path / "house.png"
+    demo_image().save(image_path)
+    wait = _open(browser, url)
+    browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(image_path))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image img"))
+    browser.find_element(By.CSS_SELECTOR, "#variant input[value=H]").click()
+    # Only the presets this model supports are offered (llavolta-light pools at layer 16; the tiny model has 10).
+    browser.find_element(By.CSS_SELECTOR, "#reduction input").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[role=option]"))
+    options = {o.text.strip().splitlines()[-1]: o for o in browser.find_elements(By.CSS_SELECTOR, "[role=option]")}
+    assert set(options) == {"none", "llavolta-heavy", "illava-image", "illava-video"}
+    options["illava-image"].click()
+    browser.find_element(By.ID, "ask").click()
+    wait.until(lambda d: "Done:" in _status(d))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#kept img"))
+    image_tokens = browser.find_element(By.CSS_SELECTOR, "#metrics tr[data-metric=image_tokens] td:last-child").text
+    assert image_tokens == str(576 - 4 * 72)
+    assert browser.find_element(By.CSS_SELECTOR, "#metrics tr[data-metric=model] td:last-child").text == "H"
+    _screenshot(browser, "web_demo_kept_patches.png")
