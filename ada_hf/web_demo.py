@@ -937,11 +937,13 @@ def build_app(
             gr.Warning(update.error)
         return update.plan, update.status
 
-    def on_variant(variant):
+    def on_variant(variant, current):
+        # Offer only what this model supports; keep the preset picked if it still applies.
         choices = _reduction_choices(models, variant)
-        return gr.update(choices=choices, value=NO_REDUCTION)
+        return gr.update(choices=choices, value=current if current in choices else NO_REDUCTION)
 
-    with gr.Blocks(title=title) as app:
+    # analytics_enabled=False: a local demo does not report its use to Gradio (and CI has no network to do so).
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"## {title}")
         if notice:
             gr.Markdown(notice)
@@ -1006,7 +1008,7 @@ def build_app(
             concurrency_id="model",
             concurrency_limit=1,
         )
-        variant.change(on_variant, [variant], [reduction])
+        variant.change(on_variant, [variant, reduction], [reduction])
     app.queue(max_size=16)
     return app
 

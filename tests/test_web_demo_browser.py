@@ -203,9 +203,10 @@ def test_token_reduction_shows_the_kept_patches(served, browser, tmp_path):
     # Only the presets this model supports are offered (llavolta-light pools at layer 16; the tiny model has 10).
     browser.find_element(By.CSS_SELECTOR, "#reduction input").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[role=option]"))
-    options = {o.text.strip().splitlines()[-1]: o for o in browser.find_elements(By.CSS_SELECTOR, "[role=option]")}
+    options = {o.get_attribute("aria-label"): o for o in browser.find_elements(By.CSS_SELECTOR, "[role=option]")}
     assert set(options) == {"none", "llavolta-heavy", "illava-image", "illava-video"}
     options["illava-image"].click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#reduction input").get_attribute("value") == "illava-image")
     browser.find_element(By.ID, "ask").click()
     wait.until(lambda d: "Done:" in _status(d))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#kept img"))
