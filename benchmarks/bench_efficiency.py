@@ -1,7 +1,8 @@
 """Efficiency benchmark: transformers' Llava and AdaLLaVA (L, H) on the same weights, measured against the cost model.
 
 One process run measures, for `LlavaForConditionalGeneration` and `AdaLlavaForConditionalGeneration` at latency None,
-1.0, 0.85, 0.75, 0.6, 0.5 (variants L and H), the token-reduction presets (ada-L, no budget) and each preset with the
+1.0, 0.85, 0.75, 0.6, 0.5 and two time targets (`latency="<N>ms", hardware="local"`, `--ms-targets` shares of the full
+model's predicted time) for variants L and H, the token-reduction presets (ada-L, no budget) and each preset with the
 scheduler at latency 0.6 (L and H), all on the same prompt (one image + short text):
 
 * prefill ms (`generate` call to its first token: image encoder, projector, scheduler, LLM, LM head, and `generate`'s
@@ -22,6 +23,7 @@ Timings are taken in this process, configurations interleaved in a fresh random 
 (medians and IQR reported); the subprocesses measure memory only. On CUDA (used when present: same command) the
 models run in float16 and `generate`'s streamer copies each token to the host, which synchronises the device.
 
+    ada-hf calibrate --threads 2                       # once, on idle cores: the "local" profile
     python benchmarks/bench_efficiency.py              # full run, ~10 minutes on 2 idle cores (CPU)
     python benchmarks/bench_efficiency.py --quick      # smoke run, a few minutes
     python benchmarks/bench_efficiency.py --tiny       # seconds: a tiny model, for tests (writes efficiency_tiny_*)
