@@ -41,6 +41,7 @@ DEFAULT_COMPARE_BUDGETS = "1.0, 0.85, 0.7, 0.5"
 DEFAULT_MAX_NEW_TOKENS = 24
 MAX_NEW_TOKENS_LIMIT = 256
 DEFAULT_TIMEOUT_S = 300.0  # a request that has not finished by then is stopped and reported, never left hanging
+CANCEL_WAIT_S = 60.0  # how long a stopped request may take to reach its next token (a prefill at worst)
 MAX_QUESTION_CHARS = 2000
 MAX_COMPARE_BUDGETS = 8
 NO_REDUCTION = "none"
@@ -513,6 +514,8 @@ def stream_request(
     finally:
         if thread.is_alive():  # closed early (page gone, timeout): stop generating at the next token
             stop.set()
+            # and wait for it, so the caller's lock is held until the model is free for the next request
+            thread.join(timeout=CANCEL_WAIT_S)
     end = time.perf_counter()
     if "error" in box:
         error = box["error"]
