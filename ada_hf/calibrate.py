@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaModel
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from .hardware import Hardware, save_local_profile
 
@@ -54,28 +54,32 @@ def measure_bandwidth(device: torch.device, megabytes: int = 256, repeats: int =
 
 
 @torch.no_grad()
-def measure_overheads(device: torch.device, repeats: int = 50) -> tuple[float, float]:
-    """Fixed seconds per decoder layer and per forward call: a narrow Llama (hidden 64) decoding one token with 1 and
-    with 5 layers, where the arithmetic is negligible and what remains is framework dispatch and small kernels."""
+def measure_overheads(device: torch.device, repeats: int = 15) -> tuple[float, float, float]:
+    """Fixed seconds per decoder layer run, per forward call, and per `generate` request: `generate` on a narrow
+    Llama (hidden 64, where the arithmetic is negligible and what remains is framework dispatch, small kernels and
+    generate's own bookkeeping) with 1 and 5 layers, producing 1 and 9 tokens. With `c` calls (1 prefill + steps):
+    `t = request + c * call + c * layers * layer`."""
     times = {}
     for layers in (1, 5):
         config = LlamaConfig(
             vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=256,
+            num_key_value_heads=4, max_position_embeddings=256, eos_token_id=None, pad_token_id=0,
         )  # fmt: skip
-        model = LlamaModel(config).to(device).eval()
-        ids = torch.zeros(1, 1, dtype=torch.long, device=device)
-        prompt = model(torch.zeros(1, 8, dtype=torch.long, device=device), use_cache=True).past_key_values
+        model = LlamaForCausalLM(config).to(device).eval()
+        ids = torch.zeros(1, 8, dtype=torch.long, device=device)
+        for calls in (1, 9):
 
-        def run():
-            model(ids, past_key_values=prompt, use_cache=True)
-            prompt.crop(-1)  # drop the step's token: every repeat decodes at the same length
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            def run():
+                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=calls, min_new_tokens=calls,
+                               do_sample=False)  # fmt: skip
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
 
-        times[layers] = _median_seconds(run, repeats, warmup=5)
-    per_layer = max((times[5] - times[1]) / 4, 0.0)
-    return per_layer, max(times[1] - per_layer, 0.0)
+            times[layers, calls] = _median_seconds(run, repeats, warmup=3)
+    per_layer = max((times[5, 9] - times[1, 9] + times[5, 1] - times[1, 1]) / (4 * (9 + 1)), 0.0)
+    per_call = max((times[1, 9] - times[1, 1]) / 8 - per_layer, 0.0)
+    per_request = max(times[1, 1] - per_call - per_layer, 0.0)
+    return per_layer, per_call, per_request
 
 
 def calibrate(device: str | torch.device = "cpu", save: bool = True) -> Hardware:
@@ -92,7 +96,7 @@ def calibrate(device: str | torch.device = "cpu", save: bool = True) -> Hardware
             results[step] = measure_bandwidth(device)
         else:
             results[step] = measure_overheads(device)
-    layer_overhead, call_overhead = results["overheads"]
+    layer_overhead, call_overhead, request_overhead = results["overheads"]
     half = results["matmul bf16"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     hardware = Hardware(
@@ -101,6 +105,7 @@ def calibrate(device: str | torch.device = "cpu", save: bool = True) -> Hardware
         peak={32: results["matmul fp32"], 16: half, 8: half},
         layer_overhead_s=layer_overhead,
         call_overhead_s=call_overhead,
+        request_overhead_s=request_overhead,
         source=f"ada-hf calibrate on {platform.node()} ({name}), device {device}, {torch.get_num_threads()} threads",
         details={"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device)},
     )

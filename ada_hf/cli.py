@@ -289,7 +289,8 @@ def _calibrate_run(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     print(f"matmul fp32 {hardware.peak[32] / 1e9:.1f} GFLOP/s, bf16 {hardware.peak[16] / 1e9:.1f} GFLOP/s")
     print(f"memory bandwidth {hardware.bandwidth / 1e9:.1f} GB/s")
     layer_us, call_us = hardware.layer_overhead_s * 1e6, hardware.call_overhead_s * 1e6
-    print(f"overhead {layer_us:.0f} us per decoder layer, {call_us:.0f} us per call")
+    request_us = hardware.request_overhead_s * 1e6
+    print(f"overhead {layer_us:.0f} us per decoder layer, {call_us:.0f} us per call, {request_us:.0f} us per request")
     print(f"({hardware.source})")
     if not args.dry_run:
         print(f"stored in {local_profile_path()}: use generate(..., hardware='local')")

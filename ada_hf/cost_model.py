@@ -353,7 +353,9 @@ class CostModel:
                 stages["vision"].seconds += overhead * (
                     self.v_layers if vision_last_layer is None else vision_last_layer + 1
                 )
-            stages["llm_prefill"].seconds += overhead * executed + self.hardware.call_overhead_s
+            stages["llm_prefill"].seconds += (
+                overhead * executed + self.hardware.call_overhead_s + self.hardware.request_overhead_s
+            )
             stages["llm_decode"].seconds += (overhead * executed + self.hardware.call_overhead_s) * steps
         works = self.layer_works(layer_tokens, layer_tokens, heads, neurons)
         kv_bytes = sum(2 * w.kv_heads * self.head_dim * (w.tokens + steps) for w in works if w.heads > 0) * self.nbytes

@@ -26,6 +26,7 @@ class Hardware:
         layer_overhead_s: fixed time per decoder/vision layer run (framework dispatch, small kernels); 0 in the vendor
             table (a pure roofline), measured by `ada-hf calibrate` for "local".
         call_overhead_s: fixed time per model forward call (embeddings, masks, sampling), idem.
+        request_overhead_s: fixed time per `generate` request (its set-up and bookkeeping), idem.
         source: where the figures come from.
     """
 
@@ -34,6 +35,7 @@ class Hardware:
     peak: dict[int, float]
     layer_overhead_s: float = 0.0
     call_overhead_s: float = 0.0
+    request_overhead_s: float = 0.0
     source: str = ""
     details: dict = field(default_factory=dict, compare=False)
 
