@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from ada_hf import web_demo as wd
 from ada_hf.demo import demo_image
@@ -90,7 +90,9 @@ def test_load_image_accepts_paths_pil_and_arrays(tmp_path):
     assert from_array.size == (30, 20)
 
 
-def test_load_image_refuses_what_it_cannot_decode(tmp_path):
+def test_load_image_refuses_what_it_cannot_decode(tmp_path, monkeypatch):
+    # Pillow's default; lmms-eval (imported by other tests) turns on loading truncated files process-wide.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image at all")
     with pytest.raises(wd.DemoInputError, match="'broken.png' could not be decoded") as refused:
