@@ -5,8 +5,12 @@ Training tooling, not remote code: the model files never import this module.
 Every scene is a small square image (56x56 by default) holding 1 to 4 objects on a dark background. An object is a
 circle, square or triangle in one of five colours (or the first few of them: `colors=`), drawn with PIL in its own
 cell of a 3x3 grid (`grid=`; with a little jitter), so objects never overlap and "left"/"top" are well defined by grid
-column/row. Five question families (four kinds of question), each answered by one word:
+column/row. Seven question families, each answered by one word:
 
+* colour at a cell       "What color is the shape in the top left?" -> red / green / ... (a direct look-up)
+* shape at a cell        "What shape is in the bottom right?"   -> circle / square / triangle (a direct look-up)
+  (asked only about occupied cells; on a 3x3 grid the cells are top/middle/bottom x left/middle/right, the centre
+  is "the middle")
 * colour of a shape      "What color is the circle?"            -> red / green / blue / yellow / white
   (asked only when exactly one object has that shape)
 * counting               "How many red objects are there?"       -> zero / one / two / three / four
@@ -15,9 +19,13 @@ column/row. Five question families (four kinds of question), each answered by on
   (left/right/top/bottom: asked only when one object alone is the extreme one)
 * existence              "Is there a blue triangle?"              -> yes / no (balanced)
 
+The generator asks the five classic families (`CLASSIC_TYPES`: all but the look-ups) unless told otherwise
+(`families=`). With `balanced=True` the answer of each image's last question is drawn uniformly among its family's
+answers before the scene is (rejection-)drawn, so the question text alone does not give the answer away.
+
 Training samples can hold several question turns about their image, and a training-only "Describe the image." turn
 whose answer lists the objects in reading order ("red circle , blue square"): dense supervision that helps a model
-trained from scratch learn to look at the image. Test samples are single questions of the five families.
+trained from scratch learn to look at the image. Test samples are single questions of the chosen families.
 
 Everything is a pure function of the seed. The split is held out by scene: a scene's content (the sorted list of
 shape, colour and grid cell of its objects) is hashed, and one tenth of all possible contents (by default) belongs to
@@ -55,13 +63,21 @@ DIRECTIONS = ("left", "right", "top", "bottom")
 BACKGROUND = (25, 25, 30)
 GRID = 3
 MAX_OBJECTS = 4
-QUESTION_TYPES = ("color", "count_color", "count_shape", "position", "exists")
+# Every question family. The first two are direct look-ups of one grid cell ("the shape in the top left"), the
+# easiest for a model that reads its image as one token per cell; the others need a search over the objects.
+QUESTION_TYPES = ("color_at", "shape_at", "color", "count_color", "count_shape", "position", "exists")
+# The families of the original task (the default of the generator's `families=`).
+CLASSIC_TYPES = ("color", "count_color", "count_shape", "position", "exists")
+# Names of grid rows and columns, for the look-up questions ("top left"; on a 3x3 grid the centre is "middle").
+_ROW_NAMES = {2: ("top", "bottom"), 3: ("top", "middle", "bottom")}
+_COL_NAMES = {2: ("left", "right"), 3: ("left", "middle", "right")}
 # A training-only family with a multi-word answer (the objects in reading order, e.g. "red circle , blue square"):
 # dense supervision that teaches a model trained from scratch to look at the image. Never asked at test time.
 DESCRIBE_QUESTION = "Describe the image."
 
 # Every answer the task can ask for (the answer vocabulary).
 ANSWERS = tuple(COLORS) + COUNT_WORDS + SHAPES + ("yes", "no")
+_MAX_DRAWS = 100_000  # scenes [`balanced_question`] draws before it gives up
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,31 @@ class Question:
     shape: str | None = None
     color: str | None = None
     direction: str | None = None
+    cell: tuple[int, int] | None = None  # (row, col) of a look-up question
+
+
+def cell_name(row: int, col: int, grid: int) -> str:
+    """The words for one grid cell: "top left" (2x2 or 3x3 grid), "middle" for the centre of a 3x3 grid."""
+    if grid not in _ROW_NAMES:
+        raise ValueError(f"Look-up questions name the cells of a 2x2 or 3x3 grid, not {grid}x{grid}.")
+    if _ROW_NAMES[grid][row] == _COL_NAMES[grid][col] == "middle":
+        return "middle"
+    return f"{_ROW_NAMES[grid][row]} {_COL_NAMES[grid][col]}"
+
+
+def family_answers(
+    kind: str, colors: tuple[str, ...] | None = None, grid: int = GRID, max_objects: int = MAX_OBJECTS
+) -> tuple[str, ...]:
+    """Every answer a question of family `kind` can have (what a balanced generator draws from uniformly)."""
+    if kind in ("color", "color_at"):
+        return tuple(colors or COLORS)
+    if kind in ("shape_at", "position"):
+        return SHAPES
+    if kind in ("count_color", "count_shape"):
+        return COUNT_WORDS[: min(max_objects, grid * grid) + 1]
+    if kind == "exists":
+        return ("yes", "no")
+    raise ValueError(f"Unknown question kind {kind!r}")
 
 
 def scene_signature(objects: list[SceneObject] | tuple[SceneObject, ...]) -> str:
@@ -98,12 +139,16 @@ def is_test_scene(objects, test_fraction: float = 0.1) -> bool:
 
 
 def random_scene(
-    rng: random.Random, image_size: int = 56, grid: int = GRID, colors: tuple[str, ...] | None = None
+    rng: random.Random,
+    image_size: int = 56,
+    grid: int = GRID,
+    colors: tuple[str, ...] | None = None,
+    max_objects: int = MAX_OBJECTS,
 ) -> tuple[SceneObject, ...]:
-    """1..4 objects in distinct cells of a `grid` x `grid` grid, each of a random shape and colour (from `colors`,
-    default all of `COLORS`), jittered inside its cell."""
+    """1..`max_objects` (default 4) objects in distinct cells of a `grid` x `grid` grid, each of a random shape and
+    colour (from `colors`, default all of `COLORS`), jittered inside its cell."""
     palette = list(colors or COLORS)
-    count = rng.randint(1, min(MAX_OBJECTS, grid * grid))
+    count = rng.randint(1, min(max_objects, grid * grid))
     cells = rng.sample(range(grid * grid), count)
     cell = image_size / grid
     objects = []
@@ -150,6 +195,11 @@ def extreme_object(objects, direction: str) -> SceneObject | None:
 
 def answer_question(objects, question: Question) -> str | None:
     """Derive the answer of `question` from the scene description alone (None if it cannot be asked)."""
+    if question.kind in ("color_at", "shape_at"):
+        at = [o for o in objects if (o.row, o.col) == question.cell]
+        if not at:
+            return None
+        return at[0].color if question.kind == "color_at" else at[0].shape
     if question.kind == "color":
         matches = [o for o in objects if o.shape == question.shape]
         return matches[0].color if len(matches) == 1 else None
@@ -167,8 +217,12 @@ def answer_question(objects, question: Question) -> str | None:
     raise ValueError(f"Unknown question kind {question.kind!r}")
 
 
-def _question(kind: str, objects, shape=None, color=None, direction=None) -> Question | None:
-    if kind == "color":
+def _question(kind: str, objects, shape=None, color=None, direction=None, cell=None, grid=GRID) -> Question | None:
+    if kind == "color_at":
+        text = f"What color is the shape in the {cell_name(*cell, grid)}?"
+    elif kind == "shape_at":
+        text = f"What shape is in the {cell_name(*cell, grid)}?"
+    elif kind == "color":
         text = f"What color is the {shape}?"
     elif kind == "count_color":
         text = f"How many {color} objects are there?"
@@ -178,9 +232,11 @@ def _question(kind: str, objects, shape=None, color=None, direction=None) -> Que
         text = f"What shape is on the {direction}?"
     else:
         text = f"Is there a {color} {shape}?"
-    q = Question(kind, text, "", shape=shape, color=color, direction=direction)
+    q = Question(kind, text, "", shape=shape, color=color, direction=direction, cell=cell)
     answer = answer_question(objects, q)
-    return None if answer is None else Question(kind, text, answer, shape=shape, color=color, direction=direction)
+    if answer is None:
+        return None
+    return Question(kind, text, answer, shape=shape, color=color, direction=direction, cell=cell)
 
 
 def describe_question(objects) -> Question:
@@ -189,11 +245,16 @@ def describe_question(objects) -> Question:
     return Question("describe", DESCRIBE_QUESTION, " , ".join(f"{o.color} {o.shape}" for o in ordered))
 
 
-def candidate_questions(objects, kind: str, colors: tuple[str, ...] | None = None) -> list[Question]:
-    """Every askable question of one family about this scene (colours asked about: `colors`, default all)."""
+def candidate_questions(
+    objects, kind: str, colors: tuple[str, ...] | None = None, grid: int = GRID
+) -> list[Question]:
+    """Every askable question of one family about this scene (colours asked about: `colors`, default all; look-up
+    questions name the occupied cells of the `grid` x `grid` grid)."""
     palette = list(colors or COLORS)
     out = []
-    if kind == "color":
+    if kind in ("color_at", "shape_at"):
+        out = [_question(kind, objects, cell=(o.row, o.col), grid=grid) for o in objects]
+    elif kind == "color":
         out = [_question(kind, objects, shape=s) for s in SHAPES]
     elif kind == "count_color":
         out = [_question(kind, objects, color=c) for c in palette]
@@ -207,15 +268,21 @@ def candidate_questions(objects, kind: str, colors: tuple[str, ...] | None = Non
 
 
 def sample_question(
-    rng: random.Random, objects, kind: str | None = None, colors: tuple[str, ...] | None = None
+    rng: random.Random,
+    objects,
+    kind: str | None = None,
+    colors: tuple[str, ...] | None = None,
+    families: tuple[str, ...] = CLASSIC_TYPES,
+    grid: int = GRID,
 ) -> Question:
-    """One question about the scene: a family uniformly among those askable, then a question within it.
-    Existence questions are balanced (yes and no with probability 1/2 each when both are possible); counting
-    questions ask about a colour or shape that is present with probability 3/4, so "zero" does not dominate."""
-    kinds = [kind] if kind is not None else list(QUESTION_TYPES)
+    """One question about the scene: a family uniformly among those askable (of `families`, or `kind`), then a
+    question within it. Existence questions are balanced (yes and no with probability 1/2 each when both are
+    possible); counting questions ask about a colour or shape that is present with probability 3/4, so "zero" does
+    not dominate."""
+    kinds = [kind] if kind is not None else list(families)
     rng.shuffle(kinds)
     for k in kinds:
-        options = candidate_questions(objects, k, colors)
+        options = candidate_questions(objects, k, colors, grid)
         if not options:
             continue
         if k == "exists":
@@ -227,7 +294,33 @@ def sample_question(
             absent = [q for q in options if q.answer == "zero"]
             options = present if (rng.random() < 0.75 and present) or not absent else absent
         return rng.choice(options)
-    raise AssertionError("every scene has a count question")
+    raise ValueError(f"No question of {kinds} can be asked about this scene.")
+
+
+def balanced_question(
+    rng: random.Random,
+    split: str,
+    kind: str,
+    image_size: int = 56,
+    grid: int = GRID,
+    colors: tuple[str, ...] | None = None,
+    test_fraction: float = 0.1,
+    max_objects: int = MAX_OBJECTS,
+) -> tuple[tuple[SceneObject, ...], Question]:
+    """A scene of `split` and a question of family `kind` whose answer is drawn uniformly from
+    [`family_answers`]: draw the answer, then scenes until one has a question of the family with that answer.
+    So, per family, every answer is equally likely and the question text alone tells nothing (the scene
+    distribution is tilted towards the scenes that rare answers need, such as four objects of one colour)."""
+    target = rng.choice(family_answers(kind, colors, grid, max_objects))
+    for _ in range(_MAX_DRAWS):
+        objects = random_scene(rng, image_size, grid, colors, max_objects)
+        if is_test_scene(objects, test_fraction) != (split == "test"):
+            continue
+        options = [q for q in candidate_questions(objects, kind, colors, grid) if q.answer == target]
+        if options:
+            return objects, rng.choice(options)
+    # A small world (few objects, colours and cells) can have no scene of this split with that answer.
+    raise ValueError(f"No {split} scene with a {kind!r} question answered {target!r} in {_MAX_DRAWS} draws.")
 
 
 @dataclass(frozen=True)
@@ -250,12 +343,20 @@ def generate_split(
     describe_fraction: float = 0.0,
     grid: int = GRID,
     colors: tuple[str, ...] | None = None,
+    families: tuple[str, ...] = CLASSIC_TYPES,
+    balanced: bool = False,
+    max_objects: int = MAX_OBJECTS,
 ) -> Iterator[tuple[tuple[SceneObject, ...], list[VQASample]]]:
     """Yield `(scene, samples)` for `num_images` scenes of `split` ("train" or "test"), deterministically from `seed`.
 
     Scenes are drawn until one of the right split turns up (see [`is_test_scene`]); each gets `questions_per_image`
-    distinct questions when possible, grouped into samples of `turns_per_sample` turns (a multi-turn conversation
-    about the image). With `describe_fraction`, that share of the samples opens with the "Describe the image." turn.
+    distinct questions of `families` when possible, grouped into samples of `turns_per_sample` turns (a multi-turn
+    conversation about the image). With `describe_fraction`, that share of the samples opens with the "Describe the
+    image." turn.
+
+    With `balanced`, the families take turns image by image and each image's last question has a uniformly drawn
+    answer ([`balanced_question`]), so a single-question split has exactly balanced families and answers; the
+    image's other questions pick, in a random family, a uniformly drawn answer among those its scene allows.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r} must be 'train' or 'test'.")
@@ -263,18 +364,29 @@ def generate_split(
     want_test = split == "test"
     made = 0
     while made < num_images:
-        objects = random_scene(rng, image_size, grid, colors)
-        if is_test_scene(objects, test_fraction) != want_test:
-            continue
+        last = None
+        if balanced:
+            kind = families[made % len(families)]
+            objects, last = balanced_question(rng, split, kind, image_size, grid, colors, test_fraction, max_objects)
+        else:
+            objects = random_scene(rng, image_size, grid, colors, max_objects)
+            if is_test_scene(objects, test_fraction) != want_test:
+                continue
         name = f"{split}_{made:06d}.png"
-        questions, seen = [], set()
+        questions, seen = [], {last.text} if last else set()
+        wanted = questions_per_image - (last is not None)
         for _ in range(4 * questions_per_image):
-            q = sample_question(rng, objects, colors=colors)
+            if len(questions) >= wanted:
+                break
+            if balanced:
+                q = _balanced_in_scene(rng, objects, families, colors, grid)
+            else:
+                q = sample_question(rng, objects, colors=colors, families=families, grid=grid)
             if q.text not in seen:
                 seen.add(q.text)
                 questions.append(q)
-            if len(questions) == questions_per_image:
-                break
+        if last is not None:
+            questions.append(last)
         samples = []
         for k in range(0, len(questions), turns_per_sample):
             group = questions[k : k + turns_per_sample]
@@ -283,6 +395,19 @@ def generate_split(
             samples.append(VQASample(f"{split}-{made:06d}-{k}", name, group[-1], objects, tuple(group[:-1])))
         made += 1
         yield objects, samples
+
+
+def _balanced_in_scene(rng: random.Random, objects, families, colors, grid) -> Question:
+    """A question about this scene: a random family that has one, an answer drawn uniformly among those the scene's
+    questions of that family have, then one of those questions."""
+    kinds = list(families)
+    rng.shuffle(kinds)
+    for kind in kinds:
+        options = candidate_questions(objects, kind, colors, grid)
+        if options:
+            answer = rng.choice(sorted({q.answer for q in options}))
+            return rng.choice([q for q in options if q.answer == answer])
+    raise ValueError(f"No question of {families} can be asked about this scene.")
 
 
 def to_llava_record(sample: VQASample) -> dict:
@@ -313,12 +438,16 @@ def write_llava_dataset(
     describe_fraction: float = 0.0,
     grid: int = GRID,
     colors: tuple[str, ...] | None = None,
+    families: tuple[str, ...] = CLASSIC_TYPES,
+    balanced: bool = False,
+    max_objects: int = MAX_OBJECTS,
     progress: bool = True,
 ) -> dict[str, str]:
     """Write `train.json`, `test.json` and `images/` under `out_dir`; return their paths.
 
     Training samples have `turns_per_sample` question turns (and, with `describe_fraction`, sometimes a first
-    "Describe the image." turn); test samples are single-turn questions of the five families, one record per question.
+    "Describe the image." turn); test samples are single-turn questions of `families`, one record per question
+    (with `balanced`, see [`generate_split`]).
 
     Every record also keeps its question family (`kind`) and its scene description (`scene`), which the LLaVA loader
     ignores. An existing, complete dataset written with the same arguments is reused (`meta.json` records them).
@@ -337,7 +466,10 @@ def write_llava_dataset(
         describe_fraction=describe_fraction,
         grid=grid,
         colors=list(colors or COLORS),
-        version=4,
+        families=list(families),
+        balanced=balanced,
+        max_objects=max_objects,
+        version=5,
     )
     paths = {
         "train": os.path.join(out_dir, "train.json"),
@@ -358,7 +490,7 @@ def write_llava_dataset(
         train = split == "train"
         iterator = generate_split(split, count, per_image, seed, image_size, test_fraction,
                                   turns_per_sample if train else 1, describe_fraction if train else 0.0, grid,
-                                  colors)  # fmt: skip
+                                  colors, tuple(families), balanced, max_objects)  # fmt: skip
         if progress:
             from tqdm.auto import tqdm
 
@@ -376,7 +508,7 @@ def write_llava_dataset(
 def task_words() -> list[str]:
     """Every word the task's questions and answers use (split the way the tiny tokenizer splits them)."""
     words = ["What", "color", "is", "the", "How", "many", "objects", "are", "there", "shape", "on", "Is", "a", "?"]
-    words += ["Describe", "image", ".", ","]
+    words += ["Describe", "image", ".", ",", "in", "middle"]
     words += list(SHAPES) + list(SHAPE_PLURALS.values()) + list(COLORS) + list(COUNT_WORDS) + list(DIRECTIONS)
     words += ["yes", "no"]
     return list(dict.fromkeys(words))
@@ -392,6 +524,7 @@ def vocabulary() -> list[str]:
 
 __all__ = [
     "ANSWERS",
+    "CLASSIC_TYPES",
     "COLORS",
     "QUESTION_TYPES",
     "SHAPES",
@@ -399,7 +532,10 @@ __all__ = [
     "SceneObject",
     "VQASample",
     "answer_question",
+    "balanced_question",
+    "cell_name",
     "draw_scene",
+    "family_answers",
     "generate_split",
     "is_test_scene",
     "random_scene",

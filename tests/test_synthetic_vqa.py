@@ -13,7 +13,10 @@ from ada_hf.synthetic_vqa import (
     COLORS,
     Question,
     answer_question,
+    balanced_question,
+    cell_name,
     draw_scene,
+    family_answers,
     generate_split,
     is_test_scene,
     scene_signature,
@@ -81,6 +84,50 @@ def test_smaller_worlds():
         for s in samples:
             assert answer_question(scene, s.question) == s.question.answer
             assert s.question.color in colors + (None,)
+
+
+LOOKUPS = ("color_at", "shape_at", "count_color", "count_shape", "exists")
+
+
+def test_lookup_questions_name_their_cell():
+    assert cell_name(0, 0, 2) == "top left" and cell_name(1, 1, 2) == "bottom right"
+    assert cell_name(1, 1, 3) == "middle" and cell_name(2, 1, 3) == "bottom middle"
+    names = {(r, c): cell_name(r, c, 2) for r in range(2) for c in range(2)}
+    for scene, samples in generate_split("train", 300, 3, image_size=32, grid=2, families=("color_at", "shape_at")):
+        image = draw_scene(scene, 32)
+        for s in samples:
+            q = s.question
+            assert q.kind in ("color_at", "shape_at") and names[q.cell] in q.text
+            (obj,) = [o for o in scene if (o.row, o.col) == q.cell]
+            assert q.answer == (obj.color if q.kind == "color_at" else obj.shape)
+            assert image.getpixel((int(obj.cx), int(obj.cy))) == COLORS[obj.color]
+
+
+def test_balanced_split_has_uniform_answers_per_family():
+    colors = ("red", "green", "blue", "yellow")
+    samples = [s for _, ss in generate_split("test", 1000, 1, image_size=32, grid=2, colors=colors, families=LOOKUPS,
+                                             balanced=True) for s in ss]  # fmt: skip
+    kinds = [s.question.kind for s in samples]
+    assert kinds[:10] == list(LOOKUPS) * 2  # the families take turns
+    for kind in LOOKUPS:
+        answers = [s.question.answer for s in samples if s.question.kind == kind]
+        choices = family_answers(kind, colors, grid=2)
+        assert set(answers) == set(choices)
+        assert max(answers.count(a) for a in choices) / len(answers) < 1.6 / len(choices)  # 200 draws per family
+    for s in samples:
+        assert answer_question(s.objects, s.question) == s.question.answer
+        assert is_test_scene(s.objects)
+
+
+def test_one_object_scenes_and_impossible_worlds():
+    for scene, samples in generate_split("train", 50, 3, grid=2, families=LOOKUPS, balanced=True, max_objects=1):
+        assert len(scene) == 1
+        assert all(s.question.answer in ("zero", "one") for s in samples if s.question.kind.startswith("count"))
+    with pytest.raises(ValueError, match="No test scene"):
+        # A world too small for its test split (one colour, one object: 12 scenes, none of them in the test split)
+        # makes the balanced generator give up instead of drawing forever.
+        balanced_question(random.Random(0), "test", "shape_at", 32, grid=2, colors=("red",), test_fraction=1e-9,
+                          max_objects=1)  # fmt: skip
 
 
 def test_unaskable_questions_are_refused():
