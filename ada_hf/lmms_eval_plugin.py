@@ -33,11 +33,11 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from transformers import AutoProcessor, StoppingCriteria, StoppingCriteriaList
 
-from .modeling_ada_llava import AdaLlavaForConditionalGeneration
-
+from .cost_model import ORIGINAL_METRICS
 from .cost_model import original_metrics as _original_metrics
 from .efficiency import parse_time_target as _parse_time_target
 from .hardware import get_hardware as _get_hardware
+from .modeling_ada_llava import AdaLlavaForConditionalGeneration
 from .processing_ada_llava import VICUNA_V1_CHAT_TEMPLATE
 from .token_reduction import ILLAVA_LLM_FIELDS, LLAVOLTA_FIELDS
 from .vision_merging import ILLAVA_VIT_FIELDS
@@ -45,14 +45,7 @@ from .vision_merging import ILLAVA_VIT_FIELDS
 MODEL_ID = "ada_llava"
 ALIASES = ("adallava",)
 # The original wrapper's per-sample efficiency numbers, in its order (ADALLAVA.md 10.1 and 10.2).
-EFFICIENCY_METRICS = (
-    "flops",
-    "avg_flops",
-    "prefill_flops",
-    "prefill_time",
-    "memory_consumption",
-    "prefill_memory_consumption",
-)
+EFFICIENCY_METRICS = ORIGINAL_METRICS
 # model_args passed through to `generate` / `forward` as they are (None: the config's value).
 TOKEN_REDUCTION_ARGS = ("token_reduction", "token_selecting") + LLAVOLTA_FIELDS + ILLAVA_VIT_FIELDS + ILLAVA_LLM_FIELDS
 # Generation kwargs of lmms-eval tasks that the plugin maps onto `generate`; others are ignored with a warning, as
