@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
 #
-#   bash run.sh demo [ada-hf demo options]   # offline demo: generate under several latency budgets
+#   bash run.sh demo [ada-hf demo options]   # offline demo in the terminal: generate under several latency budgets
+#   bash run.sh web [MODEL] [--port N]       # the local web demo (ada-hf demo): ask about an image under a budget
 #   bash run.sh test [pytest options]        # the test suite (what CI runs, through .ci/run)
 #
 # Both create .venv with python3 (>= 3.10) if it is missing, or reuse it, install torch==2.13.0 first unless that
@@ -29,7 +30,8 @@ die() { log "error: $*"; exit 1; }
 
 usage() {
     cat >&2 <<'EOF'
-usage: bash run.sh demo [ada-hf demo options]    run the offline demo (see: bash run.sh demo --help)
+usage: bash run.sh demo [ada-hf demo options]    run the offline demo in the terminal (see: bash run.sh demo --help)
+       bash run.sh web [MODEL] [--port N]        start the local web demo (ada-hf demo) on 127.0.0.1
        bash run.sh test [pytest options]         run the test suite (pytest -q; slow tests are skipped by default)
 EOF
 }
@@ -109,6 +111,10 @@ command="${1:-}"
 [ $# -eq 0 ] || shift
 case "$command" in
     demo)
+        setup
+        exec "$VENV/bin/ada-hf" demo --text "$@"
+        ;;
+    web)
         setup
         exec "$VENV/bin/ada-hf" demo "$@"
         ;;

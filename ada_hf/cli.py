@@ -3,7 +3,8 @@
 Each subcommand is one entry of [`COMMANDS`]: a help line, a function that adds its arguments to its subparser, and a
 function that runs it. To add a subcommand, write those two functions and add an entry; `main` does the rest.
 
-    ada-hf demo [--variant L|H|both] [--budgets none,1.0,0.75] [--max-new-tokens N] [--save DIR]
+    ada-hf demo [MODEL] [--host H] [--port N] [--share]     # the local web demo
+    ada-hf demo --text [--variant L|H|both] [--budgets none,1.0,0.75] [--max-new-tokens N] [--save DIR]
     ada-hf budget-table PATH | --demo L|H
 """
 
@@ -70,14 +71,22 @@ def positive_int(text: str) -> int:
 # ada-hf demo
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     from .demo import DEMO_MAX_NEW_TOKENS
+    from .web_demo import add_arguments as add_web_demo_arguments
 
-    parser.add_argument(
+    add_web_demo_arguments(parser)
+    text = parser.add_argument_group("--text: the terminal demo instead of the web app")
+    text.add_argument(
+        "--text",
+        action="store_true",
+        help="print answers, plans and timings under several budgets in the terminal (no web server)",
+    )
+    text.add_argument(
         "--variant",
         choices=("L", "H", "both"),
         default="both",
         help="scheduler variant: L drops whole layers, H drops groups of heads and MLP neurons (default: both)",
     )
-    parser.add_argument(
+    text.add_argument(
         "--budgets",
         type=budget_list,
         default=None,
@@ -85,14 +94,14 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated budgets in (0, 1]; 'none' generates without a budget "
         "(default: none,1.0,0.85,0.75,0.6,0.5)",
     )
-    parser.add_argument(
+    text.add_argument(
         "--max-new-tokens",
         type=positive_int,
         default=DEMO_MAX_NEW_TOKENS,
         metavar="N",
         help=f"tokens to generate per answer (default: {DEMO_MAX_NEW_TOKENS})",
     )
-    parser.add_argument(
+    text.add_argument(
         "--save",
         metavar="DIR",
         default=None,
@@ -103,6 +112,13 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _demo_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .demo import DEMO_BUDGETS, DEMO_VARIANTS, run_demo
+
+    if not args.text:
+        from .web_demo import run_cli
+
+        return run_cli(args, parser)
+    if args.model is not None:
+        parser.error(f"--text runs the embedded demo models; MODEL ({args.model!r}) is for the web app (drop --text).")
 
     variants = DEMO_VARIANTS if args.variant == "both" else (args.variant,)
     budgets = DEMO_BUDGETS if args.budgets is None else tuple(args.budgets)
@@ -300,7 +316,7 @@ def _calibrate_run(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 # ---------------------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, Command] = {
     "demo": Command(
-        "run the offline demo: generate under several budgets with a small random-weight AdaLLaVA model",
+        "the local web demo: ask about an image under a latency budget and see what ran (--text: in the terminal)",
         _demo_arguments,
         _demo_run,
     ),
