@@ -236,7 +236,9 @@ class CostModel:
         self._linear(cost, t, self.d, work.kv_heads * hd)
         self._linear(cost, t, self.d, work.kv_heads * hd)
         self._elementwise(cost, t * (work.heads + work.kv_heads) * hd, 3)
-        self._op(cost, 0, 0, 2 * t * work.kv_heads * hd * self.nbytes)  # the cache write
+        # transformers' DynamicCache appends by concatenation: every call reads the cached keys/values and writes
+        # them back with the new ones (at decode this copy moves as many bytes as the attention reads).
+        self._op(cost, 0, 0, 2 * (2 * work.context - t) * work.kv_heads * hd * self.nbytes)
         self._attention(cost, t, work.context, work.heads, work.kv_heads, hd)
         self._linear(cost, t, work.heads * hd, self.d)
         self._elementwise(cost, t * self.d, 1 + 4)  # residual add, post-attention norm
