@@ -518,6 +518,19 @@ class EfficiencyReport:
     original: dict[str, float] | None = field(default=None, repr=False)
     measured_peak_memory_bytes: int | None = None
     target_seconds: float | None = None
+    # What the request asked and ran, kept so `on()` can cost the same request elsewhere.
+    config: object = field(default=None, repr=False, compare=False)
+    workload: object = field(default=None, repr=False, compare=False)  # efficiency.RowWorkload
+    plan: tuple[list[int], list[int]] | None = field(default=None, repr=False, compare=False)  # heads, neurons
+
+    def on(self, hardware: str | Hardware, bits: int | None = None) -> RequestCost:
+        """The same request (its tokens, images, reductions and plan) modelled on other hardware / operand width."""
+        if self.workload is None:
+            raise ValueError("This report does not carry its workload: only `generate`'s reports can be re-costed.")
+        cost_model = CostModel(self.config, hardware, bits or self.cost.bits)
+        heads, neurons = self.plan if self.plan is not None else (None, None)
+        scheduler = self.executed_units is not None
+        return self.workload.request(cost_model, heads, neurons, self.cost.generated_tokens, scheduler=scheduler)
 
     @property
     def prefill_flops(self) -> int:

@@ -206,6 +206,9 @@ def efficiency_reports(config, cost_model: CostModel, workloads: list[RowWorkloa
                 original=original,
                 measured_peak_memory_bytes=measured_peak,
                 target_seconds=(targets or {}).get(source),
+                config=config,
+                workload=work,
+                plan=(heads, neurons) if plan is not None else None,
             )
         )
     return reports

@@ -80,10 +80,10 @@ ALIASES = {"nvidia_A100": "nvidia_A100_40G", "nvidia_H100": "nvidia_H100_SXM", "
 
 def local_profile_path() -> Path:
     """Where `ada-hf calibrate` stores this machine's profile: under the Hugging Face cache folder."""
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
-    )
-    return Path(home) / "ada_hf" / "hardware_local.json"
+    from huggingface_hub import constants
+
+    # The environment first: huggingface_hub resolves HF_HOME once, at import.
+    return Path(os.environ.get("HF_HOME") or constants.HF_HOME) / "ada_hf" / "hardware_local.json"
 
 
 def save_local_profile(hardware: Hardware, path: Path | None = None) -> Path:

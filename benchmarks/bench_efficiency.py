@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,7 +55,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, when run fr
 import harness  # noqa: E402  (also puts the repo root on sys.path and registers the CPU sdpa FLOP formula)
 from harness import ForeignCpu, code_state, environment, fmt_ms, md_table, pf, stats  # noqa: E402
 
-import ada_hf.modeling_ada_llava as modeling  # noqa: E402
 from ada_hf.cost_model import CostModel, dtype_bits  # noqa: E402
 from ada_hf.hardware import Hardware, get_hardware, local_profile_path  # noqa: E402
 from ada_hf.modeling_ada_llava import AdaLlavaForConditionalGeneration  # noqa: E402
@@ -117,31 +115,6 @@ class TokenClock(BaseStreamer):
 
     def end(self) -> None:
         pass
-
-
-class ReportTap:
-    """Inside the block, `generate`'s efficiency reports are also computed with further cost models (same workloads,
-    same plan), kept in `extra[name]`: the modelled time of the very same request on other hardware, without
-    re-deriving what the request ran. Wraps the function the modeling module calls; restored on exit."""
-
-    def __init__(self, cost_models: dict[str, Callable[[object], CostModel]]):
-        self.cost_models = cost_models
-        self.extra: dict[str, list] = {}
-
-    def __enter__(self) -> ReportTap:
-        self.original = modeling.efficiency_reports
-
-        def tapped(config, cost_model, *args, **kwargs):
-            reports = self.original(config, cost_model, *args, **kwargs)
-            self.extra = {name: self.original(config, make(config), *args, **kwargs)
-                          for name, make in self.cost_models.items()}  # fmt: skip
-            return reports
-
-        modeling.efficiency_reports = tapped
-        return self
-
-    def __exit__(self, *exc) -> None:
-        modeling.efficiency_reports = self.original
 
 
 def sync(device: torch.device) -> None:
@@ -381,7 +354,7 @@ def run(args, name: str, out_dir: Path, device: torch.device, dtype: torch.dtype
         counter = FlopCounterMode(display=False)
         clock = TokenClock(counter)
         try:
-            with ReportTap({"gpu": lambda config: CostModel(config, gpu, 16)}) as tap, counter:
+            with counter:
                 out = request(models[s.kind], s, inputs, args.new_tokens, streamer=clock, hardware=hw)
         except ValueError as e:
             if not isinstance(s.latency, str):
@@ -402,7 +375,7 @@ def run(args, name: str, out_dir: Path, device: torch.device, dtype: torch.dtype
             i["plan"] = "all layers"
         else:
             report = out.efficiency[0]
-            cost, gpu_cost = report.cost, tap.extra["gpu"][0].cost
+            cost, gpu_cost = report.cost, report.on(gpu, 16)
             i["report"] = report.to_dict()
             if report.executed_units is None:
                 i["plan"] = "all layers"

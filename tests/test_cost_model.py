@@ -178,6 +178,17 @@ def test_report_fields_and_original_metrics(model_l):
     assert original["prefill_flops"] == per_layer + d_model * vocab
 
 
+def test_report_recosts_the_same_request_elsewhere(model_h):
+    out = model_h.generate(input_ids=make_prompt(0)[None], pixel_values=make_pixels(1), latency=0.6, max_new_tokens=4,
+                           return_dict_in_generate=True, hardware="nvidia_A100")  # fmt: skip
+    report = out.efficiency[0]
+    assert report.on("nvidia_A100").total == report.cost.total
+    elsewhere = report.on("nvidia_H100", bits=16)
+    assert elsewhere.total.flops == report.total_flops
+    assert 2 * elsewhere.kv_cache_bytes == report.cost.kv_cache_bytes  # 16-bit cache vs the fp32 model
+    assert 0 < elsewhere.total.seconds < report.cost.total.seconds  # fp32 on an A100 vs 16 bits on an H100
+
+
 def test_report_counts_tokens_up_to_eos(model_l):
     ids = make_prompt(0)[None]
     free = model_l.generate(input_ids=ids, pixel_values=make_pixels(1), max_new_tokens=6)
