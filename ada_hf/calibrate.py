@@ -8,6 +8,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
@@ -16,9 +17,21 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from .hardware import Hardware, save_local_profile
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+MATMUL_ROWS = (1, 16, 64, 256, 1024)
+MATMUL_WIDTHS = (64, 256, 1024, 4096)
+ATTENTION_HEAD_DIMS = (16, 32, 64, 128)
+WORKING_SET_BYTES = 128 * 2**20  # beyond any CPU's last-level cache and a GPU's L2
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int | None = None, warmup: int = 2, budget_s: float = 0.1
+                    ) -> float:  # fmt: skip
+    """Median time of `fn`; without `repeats`, as many runs (3 to 50) as fit in about `budget_s`."""
     for _ in range(warmup):
         fn()
+    if repeats is None:
+        start = time.perf_counter()
+        fn()
+        repeats = int(min(max(budget_s / max(time.perf_counter() - start, 1e-9), 3), 50))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -27,17 +40,52 @@ def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> 
     return statistics.median(times)
 
 
-def measure_matmul(dtype: torch.dtype, device: torch.device, size: int = 1024, repeats: int = 10) -> float:
-    """Dense matmul throughput, FLOP/s, on `size`-square operands."""
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def measure_matmul(dtype: torch.dtype, device: torch.device, rows: int = 1024, width: int = 1024,
+                   working_set: int = WORKING_SET_BYTES) -> float:  # fmt: skip
+    """Throughput, FLOP/s, of a linear layer as a model runs it: `x @ w.T` with x `rows` x `width` and w `width`
+    square, each run on the next of as many distinct weights as fill `working_set` bytes, since a model's layers have
+    distinct weights that do not stay in the caches (with one reused weight, a decode-sized matmul would run from
+    cache)."""
+    copies = max(1, -(-working_set // (width * width * dtype.itemsize)))
+    weights = torch.empty(copies, width, width, dtype=dtype, device=device).uniform_(-1, 1)
+    x = torch.randn(rows, width, dtype=dtype, device=device)
+    sync = _sync(device)
+    turn = iter(range(1 << 62))
 
     def run():
-        a @ b
+        torch.nn.functional.linear(x, weights[next(turn) % copies])
         sync()
 
-    return 2 * size**3 / _median_seconds(run, repeats)
+    return 2 * rows * width**2 / _median_seconds(run)
+
+
+def measure_matmul_grid(dtype: torch.dtype, device: torch.device) -> list[list[float]]:
+    """`[rows, width, FLOP/s]` for every rows x width of the grid (what `Hardware.matmul_throughput` reads)."""
+    return [[m, w, measure_matmul(dtype, device, m, w)] for m in MATMUL_ROWS for w in MATMUL_WIDTHS]
+
+
+def measure_attention(dtype: torch.dtype, device: torch.device, tokens: int = 512, width: int = 512
+                      ) -> list[list[float]]:  # fmt: skip
+    """`[head_dim, FLOP/s]` of causal `scaled_dot_product_attention` (the sdpa kernel the models run) on `tokens`
+    tokens and `width / head_dim` heads, FLOPs counted as the cost model counts them: both products over the full
+    query x key matrix (4 per score and head dimension) plus 5 per score for the softmax."""
+    sync = _sync(device)
+    points = []
+    for head_dim in ATTENTION_HEAD_DIMS:
+        heads = width // head_dim
+        q, k, v = (torch.randn(1, heads, tokens, head_dim, dtype=dtype, device=device) for _ in range(3))
+
+        def run():
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            sync()
+
+        scores = heads * tokens * tokens
+        points.append([head_dim, (4 * head_dim + 5) * scores / _median_seconds(run)])
+    return points
 
 
 def measure_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 10) -> float:
@@ -53,62 +101,113 @@ def measure_bandwidth(device: torch.device, megabytes: int = 256, repeats: int =
     return 2 * x.numel() * 4 / _median_seconds(run, repeats)
 
 
+def _llama(device: torch.device, layers: int, hidden: int = 64, heads: int = 4, intermediate: int = 128,
+           vocab: int = 128) -> LlamaForCausalLM:  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048, eos_token_id=None,
+        pad_token_id=0,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).to(device).eval()
+
+
+def _generate_seconds(model: LlamaForCausalLM, prompt: int, tokens: int, repeats: int | None = None,
+                      warmup: int = 2) -> float:  # fmt: skip
+    """Median seconds of one greedy `generate` of exactly `tokens` tokens after a `prompt`-token prompt."""
+    device = model.device
+    ids = torch.zeros(1, prompt, dtype=torch.long, device=device)
+
+    def run():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
+                       do_sample=False)  # fmt: skip
+        _sync(device)()
+
+    return _median_seconds(run, repeats, warmup=warmup, budget_s=1.0)
+
+
 @torch.no_grad()
 def measure_overheads(device: torch.device, repeats: int = 15) -> tuple[float, float, float]:
     """Fixed seconds per decoder layer run, per forward call, and per `generate` request: `generate` on a narrow
     Llama (hidden 64, where the arithmetic is negligible and what remains is framework dispatch, small kernels and
-    generate's own bookkeeping) with 1 and 5 layers, producing 1 and 9 tokens. With `c` calls (1 prefill + steps):
-    `t = request + c * call + c * layers * layer`."""
+    generate's own bookkeeping) with 1 and 9 layers, producing 1 and 17 tokens. With `c` calls (1 prefill + steps)
+    and `n` layers: `t = request + c * call + c * n * layer`."""
+    few, many, short, long = 1, 9, 1, 17
     times = {}
-    for layers in (1, 5):
-        config = LlamaConfig(
-            vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=256, eos_token_id=None, pad_token_id=0,
-        )  # fmt: skip
-        model = LlamaForCausalLM(config).to(device).eval()
-        ids = torch.zeros(1, 8, dtype=torch.long, device=device)
-        for calls in (1, 9):
-
-            def run():
-                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=calls, min_new_tokens=calls,
-                               do_sample=False)  # fmt: skip
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-
-            times[layers, calls] = _median_seconds(run, repeats, warmup=3)
-    per_layer = max((times[5, 9] - times[1, 9] + times[5, 1] - times[1, 1]) / (4 * (9 + 1)), 0.0)
-    per_call = max((times[1, 9] - times[1, 1]) / 8 - per_layer, 0.0)
-    per_request = max(times[1, 1] - per_call - per_layer, 0.0)
+    for layers in (few, many):
+        model = _llama(device, layers)
+        for calls in (short, long):
+            times[layers, calls] = _generate_seconds(model, 8, calls, repeats, warmup=3)
+    per_layer = (times[many, long] - times[few, long] + times[many, short] - times[few, short]) / (
+        (many - few) * (long + short)
+    )
+    per_layer = max(per_layer, 0.0)
+    per_call = max((times[few, long] - times[few, short]) / (long - short) - few * per_layer, 0.0)
+    per_request = max(times[few, short] - short * (per_call + few * per_layer), 0.0)
     return per_layer, per_call, per_request
+
+
+@torch.no_grad()
+def measure_factors(hardware: Hardware, device: torch.device, prompt: int = 512, steps: int = 8) -> tuple[float, float]:
+    """(prefill_factor, decode_factor): measured over modelled time, fixed overheads aside, of transformers' Llama
+    (6 layers, hidden 768, 12 heads of 64, MLP 2048: weights beyond the caches) on a `prompt`-token prompt, for the
+    prefill and for each of `steps` decode steps; modelled with `hardware` (its factors ignored)."""
+    from transformers import LlavaConfig
+
+    from .cost_model import CostModel
+
+    model = _llama(device, layers=6, hidden=768, heads=12, intermediate=2048, vocab=1024)
+    prefill = _generate_seconds(model, prompt, 1)
+    decode = (_generate_seconds(model, prompt, steps + 1) - prefill) / steps
+    config = LlavaConfig(text_config=model.config.to_dict())
+    config.text_config._attn_implementation = model.config._attn_implementation
+    bits = 16 if next(model.parameters()).dtype.itemsize == 2 else 32
+    plain = replace(hardware, prefill_factor=1.0, decode_factor=1.0)
+    modelled = CostModel(config, plain, bits).request(llm_tokens=prompt, new_tokens=steps + 1)
+    fixed = CostModel(config, replace(plain, bandwidth=float("inf"), peak={b: float("inf") for b in plain.peak},
+                                      matmul={}, attention={}), bits).request(llm_tokens=prompt, new_tokens=steps + 1)
+    prefill_factor = (prefill - fixed.prefill.seconds) / (modelled.prefill.seconds - fixed.prefill.seconds)
+    decode_factor = (decode - fixed.decode.seconds / steps) / ((modelled.decode.seconds - fixed.decode.seconds) / steps)
+    return max(prefill_factor, 0.1), max(decode_factor, 0.1)
 
 
 def calibrate(device: str | torch.device = "cpu", save: bool = True) -> Hardware:
     """Measure this machine and (by default) store the profile under the Hugging Face cache folder."""
     device = torch.device(device)
-    steps = ["matmul fp32", "matmul bf16", "bandwidth", "overheads"]
+    steps: dict[str, Callable[[], object]] = {
+        "matmul fp32": lambda: measure_matmul_grid(torch.float32, device),
+        "matmul bf16": lambda: measure_matmul_grid(torch.bfloat16, device),
+        "attention fp32": lambda: measure_attention(torch.float32, device),
+        "attention bf16": lambda: measure_attention(torch.bfloat16, device),
+        "bandwidth": lambda: measure_bandwidth(device),
+        "overheads": lambda: measure_overheads(device),
+    }
     results = {}
-    for step in tqdm(steps, desc="calibrating", leave=False):
-        if step == "matmul fp32":
-            results[step] = measure_matmul(torch.float32, device)
-        elif step == "matmul bf16":
-            results[step] = measure_matmul(torch.bfloat16, device)
-        elif step == "bandwidth":
-            results[step] = measure_bandwidth(device)
-        else:
-            results[step] = measure_overheads(device)
+    bar = tqdm(total=len(steps) + 1, desc="calibrating", leave=False)
+    for step, measure in steps.items():
+        bar.set_postfix_str(step)
+        results[step] = measure()
+        bar.update()
     layer_overhead, call_overhead, request_overhead = results["overheads"]
-    half = results["matmul bf16"]
+    full, half = results["matmul fp32"], results["matmul bf16"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     hardware = Hardware(
         name="local",
         bandwidth=results["bandwidth"],
-        peak={32: results["matmul fp32"], 16: half, 8: half},
+        # 8-bit: no int8 kernels are measured; 16-bit figures stand in for them.
+        peak={32: max(f for *_, f in full), 16: max(f for *_, f in half), 8: max(f for *_, f in half)},
         layer_overhead_s=layer_overhead,
         call_overhead_s=call_overhead,
         request_overhead_s=request_overhead,
+        matmul={32: full, 16: half, 8: half},
+        attention={32: results["attention fp32"], 16: results["attention bf16"], 8: results["attention bf16"]},
         source=f"ada-hf calibrate on {platform.node()} ({name}), device {device}, {torch.get_num_threads()} threads",
         details={"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device)},
     )
+    bar.set_postfix_str("reference Llama")
+    prefill_factor, decode_factor = measure_factors(hardware, device)
+    hardware = replace(hardware, prefill_factor=prefill_factor, decode_factor=decode_factor)
+    bar.update()
+    bar.close()
     if save:
         save_local_profile(hardware)
     return hardware

@@ -302,11 +302,17 @@ def _calibrate_run(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         hardware = calibrate(args.device, save=not args.dry_run)
     except (RuntimeError, AssertionError) as error:
         parser.error(f"cannot profile device {args.device!r}: {error}")
-    print(f"matmul fp32 {hardware.peak[32] / 1e9:.1f} GFLOP/s, bf16 {hardware.peak[16] / 1e9:.1f} GFLOP/s")
+    print(f"matmul fp32 {hardware.peak[32] / 1e9:.1f} GFLOP/s, bf16 {hardware.peak[16] / 1e9:.1f} GFLOP/s at best")
+    for bits, label in ((32, "fp32"), (16, "bf16")):
+        grid = " ".join(f"{m}x{w}:{f / 1e9:.0f}" for m, w, f in hardware.matmul[bits])
+        attention = " ".join(f"d{d}:{f / 1e9:.0f}" for d, f in hardware.attention[bits])
+        print(f"  {label} GFLOP/s by rows x width: {grid}; attention by head_dim: {attention}")
     print(f"memory bandwidth {hardware.bandwidth / 1e9:.1f} GB/s")
     layer_us, call_us = hardware.layer_overhead_s * 1e6, hardware.call_overhead_s * 1e6
     request_us = hardware.request_overhead_s * 1e6
     print(f"overhead {layer_us:.0f} us per decoder layer, {call_us:.0f} us per call, {request_us:.0f} us per request")
+    print(f"measured / modelled time of a reference Llama: prefill x{hardware.prefill_factor:.2f}, "
+          f"decode x{hardware.decode_factor:.2f}")
     print(f"({hardware.source})")
     if not args.dry_run:
         print(f"stored in {local_profile_path()}: use generate(..., hardware='local')")
@@ -331,7 +337,7 @@ COMMANDS: dict[str, Command] = {
         _budget_table_run,
     ),
     "calibrate": Command(
-        "measure this machine once (matmul speed, bandwidth, per-layer overhead) for hardware='local' time budgets",
+        "measure this machine once (matmul and attention speeds, bandwidth, overheads) for hardware='local'",
         _calibrate_arguments,
         _calibrate_run,
     ),

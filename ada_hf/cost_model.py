@@ -115,6 +115,7 @@ class CostModel:
         self.nbytes = BYTES_PER_ELEMENT[bits]
         self.flash_attention = flash_attention
         text, vision = config.text_config, config.vision_config
+        self.attn_implementation = getattr(text, "_attn_implementation", None) or "eager"
         self.d = text.hidden_size
         self.num_heads = text.num_attention_heads
         self.num_kv_heads = text.num_key_value_heads or text.num_attention_heads
@@ -131,16 +132,21 @@ class CostModel:
 
     # ----------------------------------------------------------------------------------------------------------------
     # Ops
-    def _op(self, cost: Cost, flops: int = 0, other: int = 0, nbytes: int = 0) -> None:
+    def _op(self, cost: Cost, flops: int = 0, other: int = 0, nbytes: int = 0, throughput: float | None = None,
+            time_bytes: int | None = None) -> None:  # fmt: skip
+        """Add one op; its time is the roofline at `throughput` (default: the peak) over `time_bytes` (default:
+        `nbytes`)."""
         cost.flops += flops
         cost.other_flops += other
         cost.bytes += nbytes
         if self.hardware is not None:
-            cost.seconds += self.hardware.op_seconds(flops + other, nbytes, self.bits)
+            moved = nbytes if time_bytes is None else time_bytes
+            cost.seconds += self.hardware.op_seconds(flops + other, moved, self.bits, throughput)
 
     def _linear(self, cost: Cost, tokens: int, fan_in: int, fan_out: int) -> None:
         weight = fan_in * fan_out
-        self._op(cost, 2 * tokens * weight, 0, (weight + tokens * (fan_in + fan_out)) * self.nbytes)
+        speed = self.hardware.matmul_throughput(self.bits, tokens, fan_in, fan_out) if self.hardware else None
+        self._op(cost, 2 * tokens * weight, 0, (weight + tokens * (fan_in + fan_out)) * self.nbytes, speed)
 
     def _elementwise(self, cost: Cost, elements: int, per_element: int) -> None:
         self._op(cost, 0, elements * per_element, 2 * elements * self.nbytes)
@@ -151,9 +157,21 @@ class CostModel:
         if self.flash_attention:
             self._op(cost, 4 * scores * head_dim, 5 * scores, io)
             return
+        fused = self._fused_attention_speed(head_dim)
+        if fused is not None:
+            # One kernel (sdpa) at its measured speed; the score matrix it may keep in cache is still counted in
+            # `bytes`, as the eager path writes it, so that `bytes` does not depend on the hardware.
+            self._op(cost, 4 * scores * head_dim, 5 * scores, io + 4 * scores * self.nbytes, fused, time_bytes=io)
+            return
         self._op(cost, 2 * scores * head_dim, 0, io // 2 + scores * self.nbytes)  # q @ k^T
         self._op(cost, 0, 5 * scores, 2 * scores * self.nbytes)  # softmax
         self._op(cost, 2 * scores * head_dim, 0, io // 2 + scores * self.nbytes)  # probs @ v
+
+    def _fused_attention_speed(self, head_dim: int) -> float | None:
+        """The measured sdpa throughput when the hardware has one and the model runs a fused attention kernel."""
+        if self.hardware is None or self.attn_implementation == "eager":
+            return None
+        return self.hardware.attention_throughput(self.bits, head_dim)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Parts
@@ -349,6 +367,10 @@ class CostModel:
         stages["llm_decode"] = self._decode(layer_tokens, heads, neurons, steps)
         stages["lm_head_decode"] = self.lm_head(1).times(steps)
         if self.hardware is not None:
+            for name in PREFILL_STAGES:
+                stages[name].seconds *= self.hardware.prefill_factor
+            for name in ("llm_decode", "lm_head_decode"):
+                stages[name].seconds *= self.hardware.decode_factor
             executed = sum(1 for h, n in zip(heads, neurons) if h > 0 or n > 0)
             overhead = self.hardware.layer_overhead_s
             if images:

@@ -6,7 +6,9 @@ Model code (it travels with remote code), because `generate(latency="150ms", har
 from __future__ import annotations
 
 import json
+import math
 import os
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,16 @@ class Hardware:
             table (a pure roofline), measured by `ada-hf calibrate` for "local".
         call_overhead_s: fixed time per model forward call (embeddings, masks, sampling), idem.
         request_overhead_s: fixed time per `generate` request (its set-up and bookkeeping), idem.
+        matmul: measured linear-layer throughput by operand width: `[rows, width, FLOP/s]` points of `x @ w.T`
+            (x: rows x width, w: width x width) on a grid; narrow or short matmuls run far below `peak`, so a
+            measured profile times each linear layer from these (see `matmul_throughput`). Empty in the vendor table.
+        attention: measured fused-attention (sdpa) throughput by operand width: `[head_dim, FLOP/s]` points, FLOPs
+            counted as the cost model counts them (full query x key products, softmax included). Empty: roofline.
+        prefill_factor / decode_factor: measured over modelled time of a reference Llama's prefill and decode steps
+            (fixed overheads aside), by which the modelled time of many-token forwards and of decode steps is
+            multiplied. They hold what single-op timings miss: the page faults of freshly allocated activations and
+            of the key/value cache's concatenation, the small ops between kernels, caches shared by consecutive ops.
+            1 in the vendor table.
         source: where the figures come from.
     """
 
@@ -36,17 +48,72 @@ class Hardware:
     layer_overhead_s: float = 0.0
     call_overhead_s: float = 0.0
     request_overhead_s: float = 0.0
+    matmul: dict[int, list[list[float]]] = field(default_factory=dict)
+    attention: dict[int, list[list[float]]] = field(default_factory=dict)
+    prefill_factor: float = 1.0
+    decode_factor: float = 1.0
     source: str = ""
     details: dict = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields (integer keys as strings); `from_dict` reads them back."""
+        data = asdict(self)
+        for key in ("peak", "matmul", "attention"):
+            data[key] = {str(k): v for k, v in data[key].items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Hardware:
+        data = dict(data)
+        data["peak"] = {int(k): float(v) for k, v in data["peak"].items()}
+        for key in ("matmul", "attention"):  # absent from profiles written before they were measured
+            data[key] = {int(k): v for k, v in data.get(key, {}).items()}
+        return cls(**data)
 
     def throughput(self, bits: int) -> float:
         if bits not in self.peak:
             raise ValueError(f"Hardware {self.name!r} has no {bits}-bit peak; it lists {sorted(self.peak)}.")
         return self.peak[bits]
 
-    def op_seconds(self, ops: float, nbytes: float, bits: int) -> float:
-        """Roofline time of one op: compute-bound or memory-bound, whichever is slower."""
-        return max(ops / self.throughput(bits), nbytes / self.bandwidth)
+    def op_seconds(self, ops: float, nbytes: float, bits: int, throughput: float | None = None) -> float:
+        """Roofline time of one op: compute-bound (at `throughput`, default the peak) or memory-bound, whichever is
+        slower."""
+        return max(ops / (throughput or self.throughput(bits)), nbytes / self.bandwidth)
+
+    def matmul_throughput(self, bits: int, rows: int, fan_in: int, fan_out: int) -> float:
+        """FLOP/s of a linear layer on `rows` tokens: the measured grid interpolated in log space (rows, and the
+        geometric mean of the two widths; clamped to the grid's edges), or the peak when none was measured."""
+        points = self.matmul.get(bits)
+        if not points:
+            return self.throughput(bits)
+        table = {(m, w): math.log(f) for m, w, f in points}
+        rows_axis = sorted({m for m, _ in table})
+        width_axis = sorted({w for _, w in table})
+        (m0, m1, a), (w0, w1, b) = _bracket(rows_axis, rows), _bracket(width_axis, math.sqrt(fan_in * fan_out))
+        low = (1 - b) * table[m0, w0] + b * table[m0, w1]
+        high = (1 - b) * table[m1, w0] + b * table[m1, w1]
+        return math.exp((1 - a) * low + a * high)
+
+    def attention_throughput(self, bits: int, head_dim: int) -> float | None:
+        """FLOP/s of the fused attention kernel at `head_dim`, interpolated in log space; None when not measured."""
+        points = sorted(self.attention.get(bits) or [])
+        if not points:
+            return None
+        axis = [d for d, _ in points]
+        logs = dict((d, math.log(f)) for d, f in points)
+        d0, d1, a = _bracket(axis, head_dim)
+        return math.exp((1 - a) * logs[d0] + a * logs[d1])
+
+
+def _bracket(axis: list[float], x: float) -> tuple[float, float, float]:
+    """The grid points around `x` and its position between them in log space (0..1, clamped at the ends)."""
+    if x <= axis[0] or len(axis) == 1:
+        return axis[0], axis[0], 0.0
+    if x >= axis[-1]:
+        return axis[-1], axis[-1], 0.0
+    i = bisect_right(axis, x)
+    lo, hi = axis[i - 1], axis[i]
+    return lo, hi, (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
 
 
 _T = 1e12
@@ -90,10 +157,8 @@ def save_local_profile(hardware: Hardware, path: Path | None = None) -> Path:
     """Write the profile atomically (a half-written profile is never read)."""
     path = path or local_profile_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = asdict(hardware)
-    data["peak"] = {str(k): v for k, v in hardware.peak.items()}
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(json.dumps(hardware.to_dict(), indent=2))
     os.replace(tmp, path)
     return path
 
@@ -106,9 +171,7 @@ def load_local_profile(path: Path | None = None) -> Hardware:
             f"(it measures matmul throughput, memory bandwidth and per-layer overhead), or name a table entry: "
             f"{sorted(HARDWARE)}."
         )
-    data = json.loads(path.read_text())
-    data["peak"] = {int(k): float(v) for k, v in data["peak"].items()}
-    return Hardware(**data)
+    return Hardware.from_dict(json.loads(path.read_text()))
 
 
 def get_hardware(hardware: str | Hardware) -> Hardware:

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -202,7 +202,7 @@ def child_main(spec_path: str) -> None:
             result["cuda_after_load"] = torch.cuda.memory_allocated(device)
         hardware = None
         if spec.get("hardware"):  # a time target: the parent's profile, so the child runs the same plan
-            hardware = Hardware(**dict(spec["hardware"], peak={int(k): v for k, v in spec["hardware"]["peak"].items()}))
+            hardware = Hardware.from_dict(spec["hardware"])
         request(model, setting, inputs, spec["new_tokens"], hardware=hardware)
         sync(device)
     # With the reset, the peak from here on is the request's (weights included, as they stay resident); without it,
@@ -229,7 +229,7 @@ def measure_memory(all_settings: list[Setting], weights: dict, inputs_path: Path
                         dtype=str(dtype).removeprefix("torch."), threads=threads,
                         new_tokens=args.new_tokens, hardware=None)  # fmt: skip
             if isinstance(s.latency, str):
-                spec["hardware"] = dict(asdict(hw), peak={str(k): v for k, v in hw.peak.items()})
+                spec["hardware"] = hw.to_dict()
             path = tmp / f"spec_{len(pending)}_{s.kind}.json"
             path.write_text(json.dumps(spec))
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path)]
@@ -456,9 +456,8 @@ def run(args, name: str, out_dir: Path, device: torch.device, dtype: torch.dtype
     md = render_markdown(args, all_settings, checks, env, hw, hw_note, gpu, load, wall, code, unmet)
     (out_dir / f"{name}.md").write_text(md)
     result = dict(
-        args=vars(args), env=env, code=code, hardware=dict(name=hw.name, source=hw.source, note=hw_note,
-        bandwidth=hw.bandwidth, peak={str(k): v for k, v in hw.peak.items()}, layer_overhead_s=hw.layer_overhead_s,
-        call_overhead_s=hw.call_overhead_s), gpu_model=dict(name=gpu.name, bits=16),
+        args=vars(args), env=env, code=code, hardware=dict(hw.to_dict(), note=hw_note),
+        gpu_model=dict(name=gpu.name, bits=16),
         configs=[dict(**s.spec(), prefill_s=s.prefill, decode_s_per_token=s.decode, **s.info) for s in all_settings],
         unmet_time_targets=unmet,
         checks=checks, loadavg=load, wall_s=wall,
@@ -556,9 +555,13 @@ def render_markdown(args, all_settings, checks, env, hw, hw_note, gpu, load, wal
         L.append("**Warning: other processes competed for the cores while timing; times (and the prediction check) "
                  "should be re-measured on an idle machine.**\n")  # fmt: skip
     L.append(
-        f"Predicted times: the cost model on the `local` hardware profile ({hw_note}: {hw.peak[32] / 1e9:.1f} GFLOP/s "
-        f"fp32, {hw.peak[16] / 1e9:.1f} GFLOP/s 16-bit, {hw.bandwidth / 1e9:.1f} GB/s, "
-        f'{1e6 * hw.layer_overhead_s:.0f} us/layer, {1e6 * hw.call_overhead_s:.0f} us/call). "{gpu.name}": the same '
+        f"Predicted times: the cost model on the `local` hardware profile ({hw_note}: matmul at best "
+        f"{hw.peak[32] / 1e9:.1f} GFLOP/s fp32 and {hw.peak[16] / 1e9:.1f} GFLOP/s 16-bit, measured on a grid of "
+        f"{len(hw.matmul.get(32, []))} shapes; sdpa measured at {len(hw.attention.get(32, []))} head sizes; "
+        f"{hw.bandwidth / 1e9:.1f} GB/s; {1e6 * hw.layer_overhead_s:.0f} us/layer, "
+        f"{1e6 * hw.call_overhead_s:.0f} us/call, {1e6 * hw.request_overhead_s:.0f} us/request; reference-Llama "
+        f"factors x{hw.prefill_factor:.2f} prefill, x{hw.decode_factor:.2f} decode). "
+        f'"{gpu.name}": the same '
         f"requests modelled on that GPU at 16 bits (roofline, for information). FLOPs: measured with FlopCounterMode "
         f"over the whole `generate` call (CPU sdpa registered; full TxT attention counted, as the cost model does); "
         f"modelled: the request's `EfficiencyReport` (Llava: `CostModel.request` without a scheduler). Peak memory: "

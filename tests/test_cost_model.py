@@ -1,5 +1,9 @@
 """The cost model: hand-computed cases, FlopCounterMode on every plan and reduction, the report, millisecond budgets."""
 
+import copy
+import dataclasses
+import json
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -276,10 +280,69 @@ def test_local_profile_round_trip_and_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ValueError, match="ada-hf calibrate"):
         get_hardware("local")
-    path = save_local_profile(Hardware("local", 2e10, {32: 5e10}, layer_overhead_s=3e-5, source="test"))
+    measured = Hardware("local", 2e10, {32: 5e10}, layer_overhead_s=3e-5, matmul={32: GRID}, attention={32: FUSED},
+                        prefill_factor=1.2, decode_factor=1.3, source="test")  # fmt: skip
+    path = save_local_profile(measured)
     assert path.parent.parent == tmp_path and not list(path.parent.glob("*.tmp"))
-    assert load_local_profile() == get_hardware("local")
-    assert get_hardware("local").layer_overhead_s == 3e-5
+    assert load_local_profile() == get_hardware("local") == measured
+    # A profile written before the curves and factors were measured still loads, as a plain roofline.
+    old = {k: v for k, v in measured.to_dict().items() if k not in ("matmul", "attention", "prefill_factor",
+                                                                   "decode_factor")}  # fmt: skip
+    path.write_text(json.dumps(old))
+    assert get_hardware("local") == Hardware("local", 2e10, {32: 5e10}, layer_overhead_s=3e-5, source="test")
+
+
+# rows x width -> FLOP/s: twice as fast per step of rows, and per 4x of width
+GRID = [[m, w, 1e9 * (1 + i) * (1 + j)] for i, m in enumerate((1, 16, 256)) for j, w in enumerate((64, 256))]
+FUSED = [[16, 1e9], [64, 4e9]]
+
+
+def test_measured_matmul_and_attention_speeds_interpolate_in_log_space():
+    hw = Hardware("toy", 1e9, {32: 9e9}, matmul={32: GRID}, attention={32: FUSED})
+    assert hw.matmul_throughput(32, 16, 256, 256) == pytest.approx(4e9)  # a grid point
+    assert hw.matmul_throughput(32, 16, 64, 1024) == pytest.approx(4e9)  # widths by their geometric mean
+    assert hw.matmul_throughput(32, 4, 64, 64) == pytest.approx(1e9 * 2**0.5)  # halfway (log) between 1 and 16
+    assert hw.matmul_throughput(32, 10**6, 10**4, 10**4) == pytest.approx(6e9)  # clamped at the far corner
+    assert hw.matmul_throughput(32, 0.5, 8, 8) == pytest.approx(1e9)  # and at the near one
+    assert Hardware("toy", 1e9, {32: 9e9}).matmul_throughput(32, 16, 256, 256) == 9e9  # not measured: the peak
+    assert hw.attention_throughput(32, 32) == pytest.approx(2e9)
+    assert hw.attention_throughput(32, 256) == pytest.approx(4e9)
+    assert Hardware("toy", 1e9, {32: 9e9}).attention_throughput(32, 32) is None
+
+
+def test_measured_speeds_time_linear_layers_and_fused_attention(model_l):
+    config = model_l.config
+    assert config.text_config._attn_implementation == "sdpa"
+    d, hd = config.text_config.hidden_size, config.text_config.head_dim
+    work = LayerWork(tokens=16, context=16, heads=4, kv_heads=4, neurons=70)
+    plain = Hardware("toy", 1e30, {32: 1e9})  # compute-bound everywhere: time = FLOPs / speed
+    slow_matmul = Hardware("toy", 1e30, {32: 1e9}, matmul={32: [[1, 1, 5e8]]})
+    slow_attention = Hardware("toy", 1e30, {32: 1e9}, attention={32: [[hd, 2.5e8]]})
+    base = CostModel(config, plain, 32).decoder_layer(work)
+    linear_flops = 2 * 16 * (4 * d * d + 3 * d * 70)
+    attention_ops = 4 * 16 * 16 * 4 * hd + 5 * 16 * 16 * 4
+    timed = CostModel(config, slow_matmul, 32).decoder_layer(work).seconds
+    assert timed == pytest.approx(base.seconds + linear_flops / 1e9)
+    assert CostModel(config, slow_attention, 32).decoder_layer(work).seconds == pytest.approx(
+        base.seconds + 3 * attention_ops / 1e9
+    )
+    # FLOPs and bytes do not depend on the hardware; eager attention is not timed by the sdpa measurement.
+    assert CostModel(config, slow_attention, 32).decoder_layer(work).bytes == base.bytes
+    eager = copy.deepcopy(config)
+    eager.text_config._attn_implementation = "eager"
+    assert CostModel(eager, slow_attention, 32).decoder_layer(work).seconds == pytest.approx(base.seconds)
+
+
+def test_profile_factors_scale_prefill_and_decode():
+    config = make_model("L").config
+    plain = Hardware("toy", 1e9, {32: 1e10}, layer_overhead_s=1e-4, call_overhead_s=2e-4, request_overhead_s=3e-4)
+    scaled = dataclasses.replace(plain, prefill_factor=2.0, decode_factor=3.0)
+    fixed = dataclasses.replace(plain, layer_overhead_s=0.0, call_overhead_s=0.0, request_overhead_s=0.0)
+    a, b, c = (CostModel(config, hw, 32).request(20, 5, images=1, image_tokens=8) for hw in (plain, scaled, fixed))
+    prefill_overheads = a.prefill.seconds - c.prefill.seconds
+    decode_overheads = a.decode.seconds - c.decode.seconds
+    assert b.prefill.seconds == pytest.approx(2 * c.prefill.seconds + prefill_overheads)
+    assert b.decode.seconds == pytest.approx(3 * c.decode.seconds + decode_overheads)
 
 
 def test_batched_target_chooses_per_row(model_l):
@@ -296,12 +359,16 @@ def test_batched_target_chooses_per_row(model_l):
 
 
 def test_calibrate_stores_a_usable_profile(tmp_path, monkeypatch):
+    from ada_hf.calibrate import MATMUL_ROWS, MATMUL_WIDTHS
     from ada_hf.cli import main
 
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     assert main(["calibrate", "--threads", "1"]) == 0
     hw = get_hardware("local")
     assert hw.bandwidth > 0 and hw.peak[32] > 0 and hw.layer_overhead_s >= 0 and hw.call_overhead_s >= 0
+    assert len(hw.matmul[32]) == len(MATMUL_ROWS) * len(MATMUL_WIDTHS) and len(hw.attention[16]) == 4
+    assert hw.peak[32] == max(f for *_, f in hw.matmul[32])
+    assert hw.prefill_factor > 0 and hw.decode_factor > 0
     model = make_model("L")
     out = model.generate(input_ids=make_prompt(0)[None], pixel_values=make_pixels(1), latency=0.5, max_new_tokens=2,
                          return_dict_in_generate=True, hardware="local")  # fmt: skip
