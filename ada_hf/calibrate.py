@@ -13,6 +13,7 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.generation.streamers import BaseStreamer
 
 from .hardware import Hardware, save_local_profile
 
@@ -101,6 +102,24 @@ def measure_bandwidth(device: torch.device, megabytes: int = 256, repeats: int =
     return 2 * x.numel() * 4 / _median_seconds(run, repeats)
 
 
+def measure_cache_bandwidth(device: torch.device, heads: int = 8, head_dim: int = 64, context: int = 1024,
+                            layers: int = 32) -> float:  # fmt: skip
+    """Bytes/s at which a decode step reads the key/value cache: causal sdpa of one query over `context` cached keys
+    and values, each run on the next of `layers` distinct caches (so that they come from memory, as a decode step's
+    do). Below the copy bandwidth on a CPU (per-head blocks, not one stream)."""
+    caches = torch.randn(layers, 2, 1, heads, context, head_dim, device=device)
+    query = torch.randn(1, heads, 1, head_dim, device=device)
+    sync = _sync(device)
+    turn = iter(range(1 << 62))
+
+    def run():
+        keys, values = caches[next(turn) % layers]
+        torch.nn.functional.scaled_dot_product_attention(query, keys, values)
+        sync()
+
+    return 2 * heads * context * head_dim * 4 / _median_seconds(run, budget_s=0.3)
+
+
 def _llama(device: torch.device, layers: int, hidden: int = 64, heads: int = 4, intermediate: int = 128,
            vocab: int = 128) -> LlamaForCausalLM:  # fmt: skip
     config = LlamaConfig(
@@ -146,25 +165,51 @@ def measure_overheads(device: torch.device, repeats: int = 15) -> tuple[float, f
     return per_layer, per_call, per_request
 
 
+class _TokenClock(BaseStreamer):
+    """The time each token reaches the streamer: the prompt's, then every generated token's."""
+
+    def __init__(self, device: torch.device):
+        self.sync, self.times = _sync(device), []
+
+    def put(self, value) -> None:
+        self.sync()
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
 @torch.no_grad()
-def measure_factors(hardware: Hardware, device: torch.device, prompt: int = 512, steps: int = 8) -> tuple[float, float]:
+def measure_factors(hardware: Hardware, device: torch.device, prompt: int = 512, steps: int = 24, repeats: int = 5
+                    ) -> tuple[float, float]:  # fmt: skip
     """(prefill_factor, decode_factor): measured over modelled time, fixed overheads aside, of transformers' Llama
     (6 layers, hidden 768, 12 heads of 64, MLP 2048: weights beyond the caches) on a `prompt`-token prompt, for the
-    prefill and for each of `steps` decode steps; modelled with `hardware` (its factors ignored)."""
+    prefill (call to first token) and for each of `steps` decode steps (first to last token, so that no difference of
+    two noisy timings is taken); medians of `repeats` requests after a warm-up, modelled with `hardware` (its factors
+    ignored)."""
     from transformers import LlavaConfig
 
     from .cost_model import CostModel
 
     model = _llama(device, layers=6, hidden=768, heads=12, intermediate=2048, vocab=1024)
-    prefill = _generate_seconds(model, prompt, 1)
-    decode = (_generate_seconds(model, prompt, steps + 1) - prefill) / steps
+    ids = torch.zeros(1, prompt, dtype=torch.long, device=device)
+    prefills, decodes = [], []
+    for _ in range(1 + repeats):
+        clock = _TokenClock(device)
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps + 1, min_new_tokens=steps + 1,
+                       do_sample=False, streamer=clock)  # fmt: skip
+        prefills.append(clock.times[1] - start)
+        decodes.append((clock.times[-1] - clock.times[1]) / steps)
+    prefill, decode = statistics.median(prefills[1:]), statistics.median(decodes[1:])
     config = LlavaConfig(text_config=model.config.to_dict())
     config.text_config._attn_implementation = model.config._attn_implementation
     bits = 16 if next(model.parameters()).dtype.itemsize == 2 else 32
     plain = replace(hardware, prefill_factor=1.0, decode_factor=1.0)
-    modelled = CostModel(config, plain, bits).request(llm_tokens=prompt, new_tokens=steps + 1)
-    fixed = CostModel(config, replace(plain, bandwidth=float("inf"), peak={b: float("inf") for b in plain.peak},
-                                      matmul={}, attention={}), bits).request(llm_tokens=prompt, new_tokens=steps + 1)
+    inf = float("inf")
+    free = replace(plain, bandwidth=inf, cache_bandwidth=inf, peak=dict.fromkeys(plain.peak, inf), matmul={},
+                   attention={})  # fmt: skip
+    modelled, fixed = (CostModel(config, h, bits).request(prompt, new_tokens=steps + 1) for h in (plain, free))
     prefill_factor = (prefill - fixed.prefill.seconds) / (modelled.prefill.seconds - fixed.prefill.seconds)
     decode_factor = (decode - fixed.decode.seconds / steps) / ((modelled.decode.seconds - fixed.decode.seconds) / steps)
     return max(prefill_factor, 0.1), max(decode_factor, 0.1)
@@ -179,6 +224,7 @@ def calibrate(device: str | torch.device = "cpu", save: bool = True) -> Hardware
         "attention fp32": lambda: measure_attention(torch.float32, device),
         "attention bf16": lambda: measure_attention(torch.bfloat16, device),
         "bandwidth": lambda: measure_bandwidth(device),
+        "cache bandwidth": lambda: measure_cache_bandwidth(device),
         "overheads": lambda: measure_overheads(device),
     }
     results = {}
@@ -193,6 +239,7 @@ def calibrate(device: str | torch.device = "cpu", save: bool = True) -> Hardware
     hardware = Hardware(
         name="local",
         bandwidth=results["bandwidth"],
+        cache_bandwidth=results["cache bandwidth"],
         # 8-bit: no int8 kernels are measured; 16-bit figures stand in for them.
         peak={32: max(f for *_, f in full), 16: max(f for *_, f in half), 8: max(f for *_, f in half)},
         layer_overhead_s=layer_overhead,

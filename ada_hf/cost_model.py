@@ -116,6 +116,7 @@ class CostModel:
         self.flash_attention = flash_attention
         text, vision = config.text_config, config.vision_config
         self.attn_implementation = getattr(text, "_attn_implementation", None) or "eager"
+        self._cache_bw = (self.hardware.cache_bandwidth or None) if self.hardware is not None else None
         self.d = text.hidden_size
         self.num_heads = text.num_attention_heads
         self.num_kv_heads = text.num_key_value_heads or text.num_attention_heads
@@ -133,15 +134,15 @@ class CostModel:
     # ----------------------------------------------------------------------------------------------------------------
     # Ops
     def _op(self, cost: Cost, flops: int = 0, other: int = 0, nbytes: int = 0, throughput: float | None = None,
-            time_bytes: int | None = None) -> None:  # fmt: skip
-        """Add one op; its time is the roofline at `throughput` (default: the peak) over `time_bytes` (default:
-        `nbytes`)."""
+            time_bytes: int | None = None, bandwidth: float | None = None) -> None:  # fmt: skip
+        """Add one op; its time is the roofline at `throughput` (default: the peak) and `bandwidth` (default: the
+        memory bandwidth) over `time_bytes` (default: `nbytes`)."""
         cost.flops += flops
         cost.other_flops += other
         cost.bytes += nbytes
         if self.hardware is not None:
             moved = nbytes if time_bytes is None else time_bytes
-            cost.seconds += self.hardware.op_seconds(flops + other, moved, self.bits, throughput)
+            cost.seconds += self.hardware.op_seconds(flops + other, moved, self.bits, throughput, bandwidth)
 
     def _linear(self, cost: Cost, tokens: int, fan_in: int, fan_out: int) -> None:
         weight = fan_in * fan_out
@@ -159,9 +160,10 @@ class CostModel:
             return
         fused = self._fused_attention_speed(head_dim)
         if fused is not None:
-            # One kernel (sdpa) at its measured speed; the score matrix it may keep in cache is still counted in
+            # One kernel (sdpa) at its measured speeds; the score matrix it may keep in cache is still counted in
             # `bytes`, as the eager path writes it, so that `bytes` does not depend on the hardware.
-            self._op(cost, 4 * scores * head_dim, 5 * scores, io + 4 * scores * self.nbytes, fused, time_bytes=io)
+            self._op(cost, 4 * scores * head_dim, 5 * scores, io + 4 * scores * self.nbytes, fused, time_bytes=io,
+                     bandwidth=self._cache_bw)  # fmt: skip
             return
         self._op(cost, 2 * scores * head_dim, 0, io // 2 + scores * self.nbytes)  # q @ k^T
         self._op(cost, 0, 5 * scores, 2 * scores * self.nbytes)  # softmax
@@ -256,7 +258,7 @@ class CostModel:
         self._elementwise(cost, t * (work.heads + work.kv_heads) * hd, 3)
         # transformers' DynamicCache appends by concatenation: every call reads the cached keys/values and writes
         # them back with the new ones (at decode this copy moves as many bytes as the attention reads).
-        self._op(cost, 0, 0, 2 * (2 * work.context - t) * work.kv_heads * hd * self.nbytes)
+        self._op(cost, 0, 0, 2 * (2 * work.context - t) * work.kv_heads * hd * self.nbytes, bandwidth=self._cache_bw)
         self._attention(cost, t, work.context, work.heads, work.kv_heads, hd)
         self._linear(cost, t, work.heads * hd, self.d)
         self._elementwise(cost, t * self.d, 1 + 4)  # residual add, post-attention norm

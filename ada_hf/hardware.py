@@ -23,6 +23,10 @@ class Hardware:
     Attributes:
         name: the key in `HARDWARE` (or "local").
         bandwidth: memory bandwidth, bytes/s.
+        cache_bandwidth: bytes/s at which the key/value cache moves: attention reading it, and its append by
+            concatenation (transformers' `DynamicCache` reads the cache and writes it anew at every call). Measured by
+            `ada-hf calibrate` with sdpa at one query (per-head blocks run below a copy's bandwidth on a CPU); 0:
+            `bandwidth`.
         peak: dense peak throughput in operations/s by operand width in bits (32, 16, 8); 16 is FP16/BF16 tensor cores
             and 8 is INT8 on GPUs.
         layer_overhead_s: fixed time per decoder/vision layer run (framework dispatch, small kernels); 0 in the vendor
@@ -45,6 +49,7 @@ class Hardware:
     name: str
     bandwidth: float
     peak: dict[int, float]
+    cache_bandwidth: float = 0.0
     layer_overhead_s: float = 0.0
     call_overhead_s: float = 0.0
     request_overhead_s: float = 0.0
@@ -75,10 +80,11 @@ class Hardware:
             raise ValueError(f"Hardware {self.name!r} has no {bits}-bit peak; it lists {sorted(self.peak)}.")
         return self.peak[bits]
 
-    def op_seconds(self, ops: float, nbytes: float, bits: int, throughput: float | None = None) -> float:
-        """Roofline time of one op: compute-bound (at `throughput`, default the peak) or memory-bound, whichever is
-        slower."""
-        return max(ops / (throughput or self.throughput(bits)), nbytes / self.bandwidth)
+    def op_seconds(self, ops: float, nbytes: float, bits: int, throughput: float | None = None,
+                   bandwidth: float | None = None) -> float:  # fmt: skip
+        """Roofline time of one op: compute-bound (at `throughput`, default the peak) or memory-bound (at `bandwidth`,
+        default the memory bandwidth), whichever is slower."""
+        return max(ops / (throughput or self.throughput(bits)), nbytes / (bandwidth or self.bandwidth))
 
     def matmul_throughput(self, bits: int, rows: int, fan_in: int, fan_out: int) -> float:
         """FLOP/s of a linear layer on `rows` tokens: the measured grid interpolated in log space (rows, and the

@@ -326,6 +326,12 @@ def test_measured_speeds_time_linear_layers_and_fused_attention(model_l):
     assert CostModel(config, slow_attention, 32).decoder_layer(work).seconds == pytest.approx(
         base.seconds + 3 * attention_ops / 1e9
     )
+    # The key/value cache (its append, and attention reading it) moves at the measured cache bandwidth.
+    memory_bound = Hardware("toy", 1e9, {32: 1e30}, attention={32: [[hd, 1e30]]}, matmul={32: [[1, 1, 1e30]]})
+    slow_cache = dataclasses.replace(memory_bound, cache_bandwidth=5e8)
+    cache_bytes = 4 * (2 * (2 * 16 - 16) * 4 * hd + (2 * 16 * 4 * hd + 2 * 16 * 4 * hd))  # append + attention reads
+    slower = CostModel(config, slow_cache, 32).decoder_layer(work).seconds
+    assert slower == pytest.approx(CostModel(config, memory_bound, 32).decoder_layer(work).seconds + cache_bytes / 1e9)
     # FLOPs and bytes do not depend on the hardware; eager attention is not timed by the sdpa measurement.
     assert CostModel(config, slow_attention, 32).decoder_layer(work).bytes == base.bytes
     eager = copy.deepcopy(config)
@@ -368,7 +374,7 @@ def test_calibrate_stores_a_usable_profile(tmp_path, monkeypatch):
     assert hw.bandwidth > 0 and hw.peak[32] > 0 and hw.layer_overhead_s >= 0 and hw.call_overhead_s >= 0
     assert len(hw.matmul[32]) == len(MATMUL_ROWS) * len(MATMUL_WIDTHS) and len(hw.attention[16]) == 4
     assert hw.peak[32] == max(f for *_, f in hw.matmul[32])
-    assert hw.prefill_factor > 0 and hw.decode_factor > 0
+    assert hw.prefill_factor > 0 and hw.decode_factor > 0 and hw.cache_bandwidth > 0
     model = make_model("L")
     out = model.generate(input_ids=make_prompt(0)[None], pixel_values=make_pixels(1), latency=0.5, max_new_tokens=2,
                          return_dict_in_generate=True, hardware="local")  # fmt: skip
