@@ -307,7 +307,8 @@ def _calibrate_run(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         grid = " ".join(f"{m}x{w}:{f / 1e9:.0f}" for m, w, f in hardware.matmul[bits])
         attention = " ".join(f"d{d}:{f / 1e9:.0f}" for d, f in hardware.attention[bits])
         print(f"  {label} GFLOP/s by rows x width: {grid}; attention by head_dim: {attention}")
-    print(f"memory bandwidth {hardware.bandwidth / 1e9:.1f} GB/s")
+    bandwidths = f"{hardware.bandwidth / 1e9:.1f} GB/s, key/value cache {hardware.cache_bandwidth / 1e9:.1f} GB/s"
+    print(f"memory bandwidth {bandwidths}")
     layer_us, call_us = hardware.layer_overhead_s * 1e6, hardware.call_overhead_s * 1e6
     request_us = hardware.request_overhead_s * 1e6
     print(f"overhead {layer_us:.0f} us per decoder layer, {call_us:.0f} us per call, {request_us:.0f} us per request")

@@ -558,7 +558,8 @@ def render_markdown(args, all_settings, checks, env, hw, hw_note, gpu, load, wal
         f"Predicted times: the cost model on the `local` hardware profile ({hw_note}: matmul at best "
         f"{hw.peak[32] / 1e9:.1f} GFLOP/s fp32 and {hw.peak[16] / 1e9:.1f} GFLOP/s 16-bit, measured on a grid of "
         f"{len(hw.matmul.get(32, []))} shapes; sdpa measured at {len(hw.attention.get(32, []))} head sizes; "
-        f"{hw.bandwidth / 1e9:.1f} GB/s; {1e6 * hw.layer_overhead_s:.0f} us/layer, "
+        f"{hw.bandwidth / 1e9:.1f} GB/s, key/value cache {hw.cache_bandwidth / 1e9:.1f} GB/s; "
+        f"{1e6 * hw.layer_overhead_s:.0f} us/layer, "
         f"{1e6 * hw.call_overhead_s:.0f} us/call, {1e6 * hw.request_overhead_s:.0f} us/request; reference-Llama "
         f"factors x{hw.prefill_factor:.2f} prefill, x{hw.decode_factor:.2f} decode). "
         f'"{gpu.name}": the same '
