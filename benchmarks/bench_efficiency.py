@@ -481,27 +481,26 @@ def time_targets(all_settings: list[Setting]) -> list[Setting]:
 def analyse(all_settings: list[Setting]) -> list[dict]:
     """The report's checks: prediction within 15% over the ada budgets, FLOPs within 2%, KV-cache bytes agree."""
     checks = []
-    sweep = budget_settings(all_settings)
-    for phase in ("prefill", "decode"):
-        ratios = {s.name: s.info[f"{phase}_prediction_ratio"] for s in sweep}
-        if not ratios:  # --configs left out the sweep
-            continue
+
+    def ratio_check(settings: list[Setting], key: str, target: str, tolerance: float, digits: int) -> None:
+        ratios = {s.name: s.info[key] for s in settings}
+        if not ratios:  # --configs left these out
+            return
         worst = max(ratios, key=lambda n: abs(ratios[n] - 1))
         checks.append(dict(
-            target=f"predicted / measured {phase} time, local profile, ada-L and ada-H at every budget",
-            value=f"{min(ratios.values()):.3f} to {max(ratios.values()):.3f} (worst: {worst})",
-            tolerance=f"within {TOL_PREDICTION:.0%}",
-            passed=all(abs(r - 1) <= TOL_PREDICTION for r in ratios.values()),
+            target=target,
+            value=f"{min(ratios.values()):.{digits}f} to {max(ratios.values()):.{digits}f} (worst: {worst})",
+            tolerance=f"within {tolerance:.0%}",
+            passed=all(abs(r - 1) <= tolerance for r in ratios.values()),
         ))  # fmt: skip
+
     for phase in ("prefill", "decode"):
-        ratios = {s.name: s.info[f"{phase}_flops_ratio"] for s in all_settings}
-        worst = max(ratios, key=lambda n: abs(ratios[n] - 1))
-        checks.append(dict(
-            target=f"modelled / measured {phase} FLOPs, every configuration",
-            value=f"{min(ratios.values()):.4f} to {max(ratios.values()):.4f} (worst: {worst})",
-            tolerance=f"within {TOL_FLOPS:.0%}",
-            passed=all(abs(r - 1) <= TOL_FLOPS for r in ratios.values()),
-        ))  # fmt: skip
+        ratio_check(budget_settings(all_settings), f"{phase}_prediction_ratio",
+                    f"predicted / measured {phase} time, local profile, ada-L and ada-H at every budget",
+                    TOL_PREDICTION, 3)  # fmt: skip
+    for phase in ("prefill", "decode"):
+        ratio_check(all_settings, f"{phase}_flops_ratio", f"modelled / measured {phase} FLOPs, every configuration",
+                    TOL_FLOPS, 4)  # fmt: skip
     targeted = time_targets(all_settings)
     if targeted:
         over = {s.name: s.info["measured_total_s"] / s.info["report"]["target_seconds"] for s in targeted}
