@@ -3,6 +3,7 @@ millisecond budgets of `generate`. Model code: it travels with remote code."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -144,6 +145,7 @@ def choose_units(config, cost_model: CostModel, work: RowWorkload, max_units: in
     """The most suffix units whose predicted time (prefill + `new_tokens - 1` decode steps) fits `target` seconds,
     and that prediction. More units never cost less, so a binary search finds it."""
 
+    @functools.cache  # the search's last answer is asked again
     def predicted(units: int) -> float:
         heads, neurons = costliest_counts(config, units)
         return work.request(cost_model, heads, neurons, new_tokens, scheduler=True).total.seconds
