@@ -23,16 +23,16 @@ class Hardware:
     Attributes:
         name: the key in `HARDWARE` (or "local").
         bandwidth: memory bandwidth, bytes/s.
-        cache_bandwidth: bytes/s at which the key/value cache moves: attention reading it, and its append by
-            concatenation (transformers' `DynamicCache` reads the cache and writes it anew at every call). Measured by
-            `ada-hf calibrate` with sdpa at one query (per-head blocks run below a copy's bandwidth on a CPU); 0:
-            `bandwidth`.
         peak: dense peak throughput in operations/s by operand width in bits (32, 16, 8); 16 is FP16/BF16 tensor cores
             and 8 is INT8 on GPUs.
         layer_overhead_s: fixed time per decoder/vision layer run (framework dispatch, small kernels); 0 in the vendor
             table (a pure roofline), measured by `ada-hf calibrate` for "local".
         call_overhead_s: fixed time per model forward call (embeddings, masks, sampling), idem.
         request_overhead_s: fixed time per `generate` request (its set-up and bookkeeping), idem.
+        cache_bandwidth: bytes/s at which the key/value cache moves: attention reading it, and its append by
+            concatenation (transformers' `DynamicCache` reads the cache and writes it anew at every call). Measured by
+            `ada-hf calibrate` with sdpa at one query (per-head blocks run below a copy's bandwidth on a CPU); 0:
+            `bandwidth`.
         matmul: measured linear-layer throughput by operand width: `[rows, width, FLOP/s]` points of `x @ w.T`
             (x: rows x width, w: width x width) on a grid; narrow or short matmuls run far below `peak`, so a
             measured profile times each linear layer from these (see `matmul_throughput`). Empty in the vendor table.
@@ -49,10 +49,10 @@ class Hardware:
     name: str
     bandwidth: float
     peak: dict[int, float]
-    cache_bandwidth: float = 0.0
     layer_overhead_s: float = 0.0
     call_overhead_s: float = 0.0
     request_overhead_s: float = 0.0
+    cache_bandwidth: float = 0.0
     matmul: dict[int, list[list[float]]] = field(default_factory=dict)
     attention: dict[int, list[list[float]]] = field(default_factory=dict)
     prefill_factor: float = 1.0

@@ -281,13 +281,13 @@ def test_local_profile_round_trip_and_missing(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="ada-hf calibrate"):
         get_hardware("local")
     measured = Hardware("local", 2e10, {32: 5e10}, layer_overhead_s=3e-5, matmul={32: GRID}, attention={32: FUSED},
-                        prefill_factor=1.2, decode_factor=1.3, source="test")  # fmt: skip
+                        prefill_factor=1.2, decode_factor=1.3, cache_bandwidth=9e9, source="test")  # fmt: skip
     path = save_local_profile(measured)
     assert path.parent.parent == tmp_path and not list(path.parent.glob("*.tmp"))
     assert load_local_profile() == get_hardware("local") == measured
     # A profile written before the curves and factors were measured still loads, as a plain roofline.
-    old = {k: v for k, v in measured.to_dict().items() if k not in ("matmul", "attention", "prefill_factor",
-                                                                   "decode_factor")}  # fmt: skip
+    new_fields = ("matmul", "attention", "prefill_factor", "decode_factor", "cache_bandwidth")
+    old = {k: v for k, v in measured.to_dict().items() if k not in new_fields}
     path.write_text(json.dumps(old))
     assert get_hardware("local") == Hardware("local", 2e10, {32: 5e10}, layer_overhead_s=3e-5, source="test")
 
