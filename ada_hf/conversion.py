@@ -26,6 +26,7 @@ from .configuration_ada_llava import AdaLlavaConfig
 from .latency_scheduler import LatencyScheduler
 from .modeling_ada_llava import AUTO_MAP, AdaLlavaForConditionalGeneration
 from .processing_ada_llava import AdaLlavaProcessor, add_latency_token
+from .special_tokens import set_mean_rows
 
 SOURCE_KINDS = ("llava-original", "adallava-original", "llava-hf")
 KEEP = "keep"  # scheduler_type: keep what the source has
@@ -486,12 +487,10 @@ def _fit(target: str, tensor: torch.Tensor, shape: tuple, plan: _Plan, dtype: to
     if target in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
         if tensor.shape[1:] != shape[1:] or tensor.shape[0] > shape[0]:
             raise ValueError(f"{target}: source shape {tuple(tensor.shape)} does not fit {shape}.")
-        mean = tensor[: plan.base_vocab].float().mean(0)
         grown = torch.empty(shape, dtype=torch.float32)
         grown[: tensor.shape[0]] = tensor.float()
-        grown[tensor.shape[0] :] = mean
-        rows = [r for r in plan.new_rows if r < tensor.shape[0]]
-        grown[rows] = mean
+        rows = [r for r in plan.new_rows if r < tensor.shape[0]] + list(range(tensor.shape[0], shape[0]))
+        set_mean_rows(grown, plan.base_vocab, rows)
         return grown.to(dtype)
     if tuple(tensor.shape) != shape:
         raise ValueError(f"{target}: source shape {tuple(tensor.shape)} does not match the config's {shape}.")

@@ -7,6 +7,15 @@ import torch
 from .processing_ada_llava import add_latency_token
 
 
+def set_mean_rows(weight: torch.Tensor, base_rows: int, rows) -> None:
+    """Set `rows` of an embedding or LM-head `weight` (in place) to the exact mean of its first `base_rows` rows,
+    computed in float32: how every placeholder row starts, in a live model and in a converted checkpoint alike."""
+    rows = list(rows)
+    if rows:
+        with torch.no_grad():
+            weight[rows] = weight[:base_rows].float().mean(0).to(weight.dtype)
+
+
 def add_placeholder_tokens(model, tokenizer, pad_to_multiple_of: int | None = 64) -> dict[str, int]:
     """
     Make sure `tokenizer` has `<image>`, `<latency>` and a pad token, grow the model's embeddings to match, and set
@@ -24,15 +33,11 @@ def add_placeholder_tokens(model, tokenizer, pad_to_multiple_of: int | None = 64
         "latency_token_id": latency_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
-    old_rows = embed.weight.shape[0]
+    old_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > old_rows:
-        mean_embed = embed.weight.detach().mean(0)
-        mean_head = head.weight.detach().mean(0)
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=False)
-        with torch.no_grad():
-            model.get_input_embeddings().weight[old_rows:] = mean_embed
-            model.get_output_embeddings().weight[old_rows:] = mean_head
+        for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            set_mean_rows(weight, old_rows, range(old_rows, weight.shape[0]))
     model.config.image_token_id = ids["image_token_id"]
     model.config.latency_token_id = ids["latency_token_id"]
     model.config.text_config.pad_token_id = ids["pad_token_id"]
