@@ -454,21 +454,19 @@ def write_llava_dataset(
     """
     out_dir = os.fspath(out_dir)
     images = os.path.join(out_dir, "images")
+    # What both splits share, passed to generate_split and recorded in meta.json as given.
+    scenes = dict(seed=seed, image_size=image_size, test_fraction=test_fraction, grid=grid, colors=colors,
+                  families=tuple(families), balanced=balanced, max_objects=max_objects)  # fmt: skip
     meta = dict(
+        scenes,
         num_train_images=num_train_images,
         num_test_images=num_test_images,
         questions_per_image=questions_per_image,
         test_questions_per_image=test_questions_per_image,
-        seed=seed,
-        image_size=image_size,
-        test_fraction=test_fraction,
         turns_per_sample=turns_per_sample,
         describe_fraction=describe_fraction,
-        grid=grid,
         colors=list(colors or COLORS),
         families=list(families),
-        balanced=balanced,
-        max_objects=max_objects,
         version=5,
     )
     paths = {
@@ -488,9 +486,8 @@ def write_llava_dataset(
     ):
         records = []
         train = split == "train"
-        iterator = generate_split(split, count, per_image, seed, image_size, test_fraction,
-                                  turns_per_sample if train else 1, describe_fraction if train else 0.0, grid,
-                                  colors, tuple(families), balanced, max_objects)  # fmt: skip
+        iterator = generate_split(split, count, per_image, turns_per_sample=turns_per_sample if train else 1,
+                                  describe_fraction=describe_fraction if train else 0.0, **scenes)  # fmt: skip
         if progress:
             from tqdm.auto import tqdm
 
