@@ -10,6 +10,7 @@ import math
 import os
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 LOCAL = "local"
@@ -89,12 +90,10 @@ class Hardware:
     def matmul_throughput(self, bits: int, rows: int, fan_in: int, fan_out: int) -> float:
         """FLOP/s of a linear layer on `rows` tokens: the measured grid interpolated in log space (rows, and the
         geometric mean of the two widths; clamped to the grid's edges), or the peak when none was measured."""
-        points = self.matmul.get(bits)
-        if not points:
+        grid = self._log_grids[0].get(bits)
+        if grid is None:
             return self.throughput(bits)
-        table = {(m, w): math.log(f) for m, w, f in points}
-        rows_axis = sorted({m for m, _ in table})
-        width_axis = sorted({w for _, w in table})
+        rows_axis, width_axis, table = grid
         (m0, m1, a), (w0, w1, b) = _bracket(rows_axis, rows), _bracket(width_axis, math.sqrt(fan_in * fan_out))
         low = (1 - b) * table[m0, w0] + b * table[m0, w1]
         high = (1 - b) * table[m1, w0] + b * table[m1, w1]
@@ -102,13 +101,25 @@ class Hardware:
 
     def attention_throughput(self, bits: int, head_dim: int) -> float | None:
         """FLOP/s of the fused attention kernel at `head_dim`, interpolated in log space; None when not measured."""
-        points = sorted(self.attention.get(bits) or [])
-        if not points:
+        curve = self._log_grids[1].get(bits)
+        if curve is None:
             return None
-        axis = [d for d, _ in points]
-        logs = dict((d, math.log(f)) for d, f in points)
+        axis, logs = curve
         d0, d1, a = _bracket(axis, head_dim)
         return math.exp((1 - a) * logs[d0] + a * logs[d1])
+
+    @cached_property
+    def _log_grids(self) -> tuple[dict, dict]:
+        """The measured points as sorted axes and log throughputs, built once: the cost model asks for every linear
+        layer and attention of every request it prices."""
+        matmul = {}
+        for bits, points in self.matmul.items():
+            if points:
+                table = {(m, w): math.log(f) for m, w, f in points}
+                matmul[bits] = (sorted({m for m, _ in table}), sorted({w for _, w in table}), table)
+        attention = {bits: (sorted(d for d, _ in points), {d: math.log(f) for d, f in points})
+                     for bits, points in self.attention.items() if points}  # fmt: skip
+        return matmul, attention
 
 
 def _bracket(axis: list[float], x: float) -> tuple[float, float, float]:
