@@ -93,7 +93,7 @@ def measure_bandwidth(device: torch.device, megabytes: int = 256, repeats: int =
     """Streaming bandwidth, bytes/s: a copy reads and writes each byte once."""
     x = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device).uniform_()
     y = torch.empty_like(x)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _sync(device)
 
     def run():
         y.copy_(x)
@@ -165,15 +165,21 @@ def measure_overheads(device: torch.device, repeats: int = 15) -> tuple[float, f
     return per_layer, per_call, per_request
 
 
-class _TokenClock(BaseStreamer):
-    """The time each token reaches the streamer: the prompt's, then every generated token's."""
+class TokenClock(BaseStreamer):
+    """A `generate` streamer that timestamps every `put` (the prompt first, then each new token), after the device's
+    work so far. With a `FlopCounterMode`, it also reads the running FLOP total at each put, which splits the count
+    into prefill and decode."""
 
-    def __init__(self, device: torch.device):
-        self.sync, self.times = _sync(device), []
+    def __init__(self, device: torch.device | str = "cpu", counter=None):
+        self.sync, self.counter = _sync(torch.device(device)), counter
+        self.times: list[float] = []
+        self.flops: list[int] = []
 
     def put(self, value) -> None:
         self.sync()
         self.times.append(time.perf_counter())
+        if self.counter is not None:
+            self.flops.append(self.counter.get_total_flops())
 
     def end(self) -> None:
         pass
@@ -189,13 +195,13 @@ def measure_factors(hardware: Hardware, device: torch.device, prompt: int = 512,
     ignored)."""
     from transformers import LlavaConfig
 
-    from .cost_model import CostModel
+    from .cost_model import CostModel, dtype_bits
 
     model = _llama(device, layers=6, hidden=768, heads=12, intermediate=2048, vocab=1024)
     ids = torch.zeros(1, prompt, dtype=torch.long, device=device)
     prefills, decodes = [], []
     for _ in range(1 + repeats):
-        clock = _TokenClock(device)
+        clock = TokenClock(device)
         start = time.perf_counter()
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps + 1, min_new_tokens=steps + 1,
                        do_sample=False, streamer=clock)  # fmt: skip
@@ -204,7 +210,7 @@ def measure_factors(hardware: Hardware, device: torch.device, prompt: int = 512,
     prefill, decode = statistics.median(prefills[1:]), statistics.median(decodes[1:])
     config = LlavaConfig(text_config=model.config.to_dict())
     config.text_config._attn_implementation = model.config._attn_implementation
-    bits = 16 if next(model.parameters()).dtype.itemsize == 2 else 32
+    bits = dtype_bits(model.dtype)
     plain = replace(hardware, prefill_factor=1.0, decode_factor=1.0)
     inf = float("inf")
     free = replace(plain, bandwidth=inf, cache_bandwidth=inf, peak=dict.fromkeys(plain.peak, inf), matmul={},

@@ -49,12 +49,12 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
-from transformers.generation.streamers import BaseStreamer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, when run from elsewhere
 import harness  # noqa: E402  (also puts the repo root on sys.path and registers the CPU sdpa FLOP formula)
 from harness import ForeignCpu, code_state, environment, fmt_ms, md_table, pf, stats  # noqa: E402
 
+from ada_hf.calibrate import TokenClock, calibrate  # noqa: E402
 from ada_hf.cost_model import CostModel, dtype_bits  # noqa: E402
 from ada_hf.hardware import Hardware, get_hardware, local_profile_path  # noqa: E402
 from ada_hf.modeling_ada_llava import AdaLlavaForConditionalGeneration  # noqa: E402
@@ -97,24 +97,6 @@ def settings(ms_targets: tuple[str, ...] = ()) -> list[Setting]:
     for p in TOKEN_REDUCTION_PRESETS:
         out += [Setting(f"ada-{k} {p} + latency={PRESET_LATENCY}", k, PRESET_LATENCY, p) for k in ("L", "H")]
     return out
-
-
-class TokenClock(BaseStreamer):
-    """A `generate` streamer that timestamps every `put`: the prompt first, then each new token. With a FLOP counter,
-    it also reads the running FLOP total at each put, which splits the count into prefill and decode."""
-
-    def __init__(self, counter: FlopCounterMode | None = None):
-        self.times: list[float] = []
-        self.flops: list[int] = []
-        self.counter = counter
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-        if self.counter is not None:
-            self.flops.append(self.counter.get_total_flops())
-
-    def end(self) -> None:
-        pass
 
 
 def sync(device: torch.device) -> None:
@@ -251,8 +233,6 @@ def local_hardware(device: torch.device, recalibrate: bool) -> tuple[Hardware, s
     """The calibrated profile of this machine, and a sentence on where it came from. Calibrates (and stores the
     profile) when there is none or `recalibrate`; a profile measured on another device type (a CPU profile on a GPU
     run) is replaced by one measured now, for this run only."""
-    from ada_hf.calibrate import calibrate
-
     path = local_profile_path()
     if recalibrate or not path.is_file():
         why = "--recalibrate" if recalibrate else f"no profile at {path}"
@@ -352,7 +332,7 @@ def run(args, name: str, out_dir: Path, device: torch.device, dtype: torch.dtype
     unmet: dict[str, str] = {}
     for s in tqdm(list(all_settings), desc="FLOPs / reports", file=sys.stderr):
         counter = FlopCounterMode(display=False)
-        clock = TokenClock(counter)
+        clock = TokenClock(device, counter)
         try:
             with counter:
                 out = request(models[s.kind], s, inputs, args.new_tokens, streamer=clock, hardware=hw)
@@ -410,7 +390,7 @@ def run(args, name: str, out_dir: Path, device: torch.device, dtype: torch.dtype
         monitor.mark()
         for s in order:
             bar.set_postfix_str(f"rep {rep + 1}/{total} {s.name}")
-            clock = TokenClock()
+            clock = TokenClock(device)
             sync(device)
             start = time.perf_counter()
             # Time targets need the hardware: choosing the budget is part of the request (and of its prefill time).
