@@ -3,8 +3,8 @@
 Each subcommand is one entry of [`COMMANDS`]: a help line, a function that adds its arguments to its subparser, and a
 function that runs it. To add a subcommand, write those two functions and add an entry; `main` does the rest.
 
-    ada-hf demo [MODEL] [--host H] [--port N] [--share]     # the local web demo
-    ada-hf demo --text [--variant L|H|both] [--budgets none,1.0,0.75] [--max-new-tokens N] [--save DIR]
+    ada-hf demo [MODEL] [--host H] [--port N] [--share] [--random]     # the local web demo
+    ada-hf demo --text [--variant L|H|both] [--budgets none,1.0,0.75] [--max-new-tokens N] [--save DIR] [--random]
     ada-hf budget-table PATH | --demo L|H
 """
 
@@ -70,7 +70,7 @@ def positive_int(text: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 # ada-hf demo
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from .demo import DEMO_MAX_NEW_TOKENS
+    from .demo import DEMO_MAX_NEW_TOKENS, TRAINED_MAX_NEW_TOKENS
     from .web_demo import add_arguments as add_web_demo_arguments
 
     add_web_demo_arguments(parser)
@@ -97,9 +97,10 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     text.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=DEMO_MAX_NEW_TOKENS,
+        default=None,
         metavar="N",
-        help=f"tokens to generate per answer (default: {DEMO_MAX_NEW_TOKENS})",
+        help=f"tokens to generate per answer (default: {TRAINED_MAX_NEW_TOKENS} for the trained models' one-word "
+        f"answers, {DEMO_MAX_NEW_TOKENS} with --random)",
     )
     text.add_argument(
         "--save",
@@ -122,7 +123,13 @@ def _demo_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     variants = DEMO_VARIANTS if args.variant == "both" else (args.variant,)
     budgets = DEMO_BUDGETS if args.budgets is None else tuple(args.budgets)
-    run_demo(variants=variants, budgets=budgets, max_new_tokens=args.max_new_tokens, save_dir=args.save)
+    run_demo(
+        variants=variants,
+        budgets=budgets,
+        max_new_tokens=args.max_new_tokens,
+        save_dir=args.save,
+        random_weights=args.random,
+    )
     return 0
 
 
@@ -136,7 +143,9 @@ def _budget_table_arguments(parser: argparse.ArgumentParser) -> None:
         help="a saved AdaLLaVA model (a directory written by save_pretrained, or a Hub id already in the local cache); "
         "loaded with trust_remote_code=True",
     )
-    parser.add_argument("--demo", choices=("L", "H"), help="print the table of the demo model of this variant instead")
+    parser.add_argument(
+        "--demo", choices=("L", "H"), help="print the table of the 7B-shaped demo model (demo --random) of this variant"
+    )
 
 
 def format_budget_table(model) -> str:
@@ -180,7 +189,7 @@ def _budget_table_run(args: argparse.Namespace, parser: argparse.ArgumentParser)
         from .demo import build_demo
 
         model, _ = build_demo(args.demo)
-        source = f"demo model, variant {args.demo}"
+        source = f"the 7B-shaped demo model (ada-hf demo --random), variant {args.demo}"
     else:
         from transformers import AutoModelForImageTextToText
 

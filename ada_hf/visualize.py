@@ -520,10 +520,12 @@ def run_show_merging(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
     demo = args.model is None
     if demo:
-        from .demo import RANDOM_WEIGHTS_NOTICE, build_demo
+        from .demo import build_demo
 
+        # The 7B-shaped one: its 24-layer CLIP and 576 patches have the published iLLaVA layers; the trained tiny
+        # demo models' 2-layer tower does not.
         model, processor = build_demo("L")
-        source = "the demo model (random weights)"
+        source = "the 7B-shaped demo model (random weights)"
     else:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -573,7 +575,10 @@ def run_show_merging(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         f"patches survive the vision encoder, {int(masks['llm'].sum())} survive the LLM too."
     )
     if demo:
-        print(RANDOM_WEIGHTS_NOTICE)
+        print(
+            "NOTE: without MODEL this runs the 7B-shaped demo model, whose weights are RANDOM: which patches are kept "
+            "says nothing about a trained model; give a checkpoint as MODEL for that."
+        )
     return 0
 
 

@@ -81,14 +81,20 @@ class DemoModel:
         return getattr(self.model, "scheduler", None) is not None
 
 
-def default_models() -> dict[str, DemoModel]:
-    """The models `ada-hf demo` serves when no model is given: the embedded demo model, variants L and H."""
-    from .demo import build_demo
+def default_models(random_weights: bool = False) -> dict[str, DemoModel]:
+    """The models `ada-hf demo` serves when no model is given: the trained tiny demo models shipped in
+    `ada_hf/demo_model` (variants L and H), or with `random_weights` the 7B-shaped random-weight ones."""
+    from .demo import build_demo, load_trained_demo
 
     models = {}
     for variant in ("L", "H"):
-        model, processor = build_demo(variant)
-        models[variant] = DemoModel(variant, model, processor, f"ada_hf.demo.build_demo({variant!r})")
+        if random_weights:
+            model, processor = build_demo(variant)
+            source = f"ada_hf.demo.build_demo({variant!r})"
+        else:
+            model, processor = load_trained_demo(variant)
+            source = f"ada_hf.demo.load_trained_demo({variant!r})"
+        models[variant] = DemoModel(variant, model, processor, source)
     return models
 
 
@@ -914,9 +920,10 @@ def build_app(
     title: str = "AdaLLaVA: answers under a latency budget",
     notice: str | None = None,
     examples: Sequence[tuple[Image.Image | str, str]] | None = None,
+    question: str = DEFAULT_QUESTION,
 ):
-    """The Gradio Blocks app over `models` (see the module docstring). Queue: one request at a time over all events
-    (they share the models), at most 16 waiting."""
+    """The Gradio Blocks app over `models` (see the module docstring), with `question` in the question box at first.
+    Queue: one request at a time over all events (they share the models), at most 16 waiting."""
     import gradio as gr
 
     labels = list(models)
@@ -957,7 +964,7 @@ def build_app(
                     format="png",  # lossless: the model sees the pixels that were uploaded
                 )  # fmt: skip
                 _tolerate_undecodable_uploads(image)
-                question = gr.Textbox(label="Question", value=DEFAULT_QUESTION, lines=2, elem_id="question")
+                question_box = gr.Textbox(label="Question", value=question, lines=2, elem_id="question")
                 budget = gr.Slider(
                     0.05, 1.0, value=DEFAULT_BUDGET, step=0.05, label="Latency budget (share of compute)",
                     elem_id="budget",
@@ -975,7 +982,7 @@ def build_app(
                     elem_id="max-new-tokens",
                 )  # fmt: skip
                 ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
-                gr.Examples(examples, [image, question], label="Examples")
+                gr.Examples(examples, [image, question_box], label="Examples")
             with gr.Column(scale=1):
                 status = gr.Markdown(elem_id="status")
                 answer = gr.Textbox(label="Answer", lines=3, interactive=False, elem_id="answer")
@@ -998,15 +1005,17 @@ def build_app(
             compare_status = gr.Markdown(elem_id="compare-status")
             comparison = gr.HTML(elem_id="comparison")
 
-        inputs = [image, question, budget, variant, reduction, max_new_tokens]
+        inputs = [image, question_box, budget, variant, reduction, max_new_tokens]
         # One queue slot for both events (concurrency_id): they share the models.
         ask_button.click(
             ask, inputs, [answer, status, plan, metrics, kept], concurrency_id="model", concurrency_limit=1
         )
-        question.submit(ask, inputs, [answer, status, plan, metrics, kept], concurrency_id="model", concurrency_limit=1)
+        question_box.submit(
+            ask, inputs, [answer, status, plan, metrics, kept], concurrency_id="model", concurrency_limit=1
+        )
         compare_button.click(
             compare,
-            [image, question, budgets_text, variant, reduction, max_new_tokens],
+            [image, question_box, budgets_text, variant, reduction, max_new_tokens],
             [comparison, compare_status],
             concurrency_id="model",
             concurrency_limit=1,
@@ -1025,7 +1034,7 @@ def warm_up_models(models: Mapping[str, DemoModel]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `ada-hf demo` flags of the web app (MODEL, --host, --port, --share, --timeout)."""
+    """The `ada-hf demo` flags of the web app (MODEL, --host, --port, --share, --random, --timeout)."""
     parser.add_argument(
         "model",
         nargs="?",
@@ -1036,6 +1045,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off unless asked)")
+    parser.add_argument(
+        "--random",
+        action="store_true",
+        help="instead of the trained tiny demo models, a random-weight model shaped like LLaVA-1.5-7B (32 layers x 32 "
+        "heads, 576 image tokens): gibberish answers, real plans and timings at that depth",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -1054,12 +1069,14 @@ def launch(
     models: Mapping[str, DemoModel] | None = None,
     examples: Sequence[tuple[Image.Image | str, str]] | None = None,
     warm_up: bool = True,
+    random_weights: bool = False,
     **launch_kwargs,
 ):
     """Load the model(s) and serve the app; blocks until interrupted unless `block=False`.
 
     Args:
-        model (`str`, *optional*): An ada checkpoint folder or Hub id (see [`load_models`]); None: [`default_models`].
+        model (`str`, *optional*): An ada checkpoint folder or Hub id (see [`load_models`]); None: [`default_models`],
+            the trained tiny demo models, with held-out pictures of their task as examples.
         host (`str`, *optional*, defaults to `"127.0.0.1"`): Address to bind; this machine only by default.
         port (`int`, *optional*): Port; Gradio's default (7860, or the next free one) when None.
         share (`bool`, *optional*, defaults to False): Also open a public Gradio share link.
@@ -1067,9 +1084,11 @@ def launch(
         block (`bool`, *optional*, defaults to True): Serve until interrupted; False returns at once (tests).
         models (`Mapping[str, DemoModel]`, *optional*): Serve these instead of loading `model`.
         examples (`Sequence[tuple[PIL.Image.Image | str, str]]`, *optional*): Example (image, question) pairs to
-            offer; default: two bundled pictures drawn with PIL.
+            offer; default: two bundled pictures drawn with PIL (the demo models: pictures of their task).
         warm_up (`bool`, *optional*, defaults to True): Run one short request per model before serving, so that the
             first timings shown are not those of one-off start-up work.
+        random_weights (`bool`, *optional*, defaults to False): With no `model`, serve the 7B-shaped random-weight
+            demo models instead of the trained ones.
 
     Returns:
         The Gradio app (`app.local_url` is its address); closing it is `app.close()`.
@@ -1077,17 +1096,24 @@ def launch(
     Raises:
         `DemoModelError`: no model found at `model`.
     """
-    models = dict(models) if models is not None else load_models(model)
-    notice = None
-    if model is None and models is not None and all(m.source.startswith("ada_hf.demo") for m in models.values()):
-        from .demo import RANDOM_WEIGHTS_NOTICE
+    notice, question = None, DEFAULT_QUESTION
+    if models is not None:
+        models = dict(models)
+    elif model is not None:
+        models = load_models(model)
+    else:
+        from .demo import RANDOM_WEIGHTS_NOTICE, TRAINED_NOTICE, demo_examples, demo_task
 
-        notice = RANDOM_WEIGHTS_NOTICE
+        models = default_models(random_weights)
+        notice = RANDOM_WEIGHTS_NOTICE if random_weights else TRAINED_NOTICE
+        if not random_weights and examples is None:
+            examples = demo_examples(demo_task())
+            question = examples[0][1]
     if warm_up:
         if block:  # the command line: say what the wait is for
             print(f"ada-hf demo: warming up {', '.join(models)} (one short request each)...", flush=True)
         warm_up_models(models)
-    app = build_app(models, timeout_s=timeout, notice=notice, examples=examples)
+    app = build_app(models, timeout_s=timeout, notice=notice, examples=examples, question=question)
     app.launch(
         server_name=host,
         server_port=port,
@@ -1104,7 +1130,12 @@ def launch(
 def run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     """`ada-hf demo` with [`add_arguments`]'s flags: launch, or print why no model could be loaded (exit 2)."""
     try:
-        launch(args.model, host=args.host, port=args.port, share=args.share, timeout=args.timeout)
+        if args.random and args.model is not None:
+            raise DemoModelError(f"--random serves the random-weight demo models; drop it to serve {args.model!r}.")
+        launch(
+            args.model, host=args.host, port=args.port, share=args.share, timeout=args.timeout,
+            random_weights=args.random,
+        )  # fmt: skip
     except DemoModelError as error:
         if parser is not None:
             parser.error(str(error))

@@ -1,5 +1,6 @@
-"""The README snippet end to end, offline: save the demo model as a Hub-style repo, load it with plain transformers
-(remote code), and generate under one budget, then one budget per row.
+"""The README snippet end to end, offline: save the trained tiny demo model (variant H) as a Hub-style repo, load it
+with plain transformers (remote code), and ask a question about a held-out picture of its synthetic task under one
+budget, then under one budget per row.
 
     python examples/quickstart.py [--repo DIR]
 """
@@ -10,7 +11,8 @@ import tempfile
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from ada_hf.demo import build_demo, demo_image
+from ada_hf.demo import demo_questions, demo_scene, demo_task, load_trained_demo
+from ada_hf.synthetic_vqa import draw_scene
 
 
 def main() -> None:
@@ -19,29 +21,32 @@ def main() -> None:
     args = parser.parse_args()
     path = args.repo or tempfile.mkdtemp(prefix="ada-llava-demo-")
 
-    model, processor = build_demo("H")  # random weights: the answers are gibberish, the plans are real
+    model, processor = load_trained_demo("H")  # ada_hf/demo_model/H: 10 decoder layers, 32 px pictures
     model.save_pretrained(path)
     processor.save_pretrained(path)
 
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    conversation = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}
-    ]
+    task = demo_task("H")  # the picture size, grid and colours it was trained on
+    objects = demo_scene(task)  # a scene held out from training
+    image = draw_scene(objects, task["image_size"])
+    question = demo_questions(objects, task)[0]
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question.text}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    inputs = processor(images=demo_image(), text=prompt, return_tensors="pt")
-    out = model.generate(**inputs, latency=0.6, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    out = model.generate(**inputs, latency=0.6, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
     print(
         "latency=0.6 ran",
         float(out.latency_effective[0]),
         "of the model; heads per layer:",
         out.execution_plan[0].tolist(),
     )
-    print("answer:", processor.decode(out.sequences[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+    answer = processor.decode(out.sequences[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    print(f"{question.text} answer: {answer!r} (right answer: {question.answer!r})")
 
-    batch = processor(images=[demo_image()] * 3, text=[prompt] * 3, return_tensors="pt")
+    batch = processor(images=[image] * 3, text=[prompt] * 3, return_tensors="pt")
     out = model.generate(
-        **batch, latency=torch.tensor([1.0, 0.75, 0.5]), max_new_tokens=8, do_sample=False, return_dict_in_generate=True
+        **batch, latency=torch.tensor([1.0, 0.75, 0.5]), max_new_tokens=3, do_sample=False, return_dict_in_generate=True
     )
     print(
         "per-row budgets ran",

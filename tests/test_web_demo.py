@@ -364,3 +364,36 @@ def test_build_app(models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["house.png", "shapes.png"]
     wd.build_app(models, examples_dir=tmp_path / "own", examples=[(demo_image(), "How many trees?")])
     assert [p.name for p in (tmp_path / "own").iterdir()] == ["example_0.png"]
+
+
+def test_the_default_models_are_the_trained_demo_models_with_their_task_as_examples(tmp_path):
+    gr = pytest.importorskip("gradio")
+    from ada_hf.demo import TRAINED_NOTICE
+
+    defaults = wd.default_models()
+    assert list(defaults) == ["L", "H"]
+    assert all(m.source.startswith("ada_hf.demo.load_trained_demo") and m.has_scheduler for m in defaults.values())
+    assert defaults["L"].model.config.vision_config.image_size == 32
+    app = wd.launch(host="127.0.0.1", port=None, block=False, warm_up=False, models=None, timeout=30)
+    try:
+        assert isinstance(app, gr.Blocks)
+        blocks = {b.elem_id: b for b in app.blocks.values() if getattr(b, "elem_id", None)}
+        question = blocks["question"].value
+        assert question.endswith("?") and question != wd.DEFAULT_QUESTION  # a question of the task
+        texts = [getattr(b, "value", None) for b in app.blocks.values()]
+        assert TRAINED_NOTICE in texts
+    finally:
+        app.close()
+    random_models = wd.default_models(random_weights=True)
+    assert random_models["L"].source == "ada_hf.demo.build_demo('L')"
+    assert random_models["H"].model.config.text_config.num_hidden_layers == 32
+
+
+def test_random_flag_refuses_a_model(capsys):
+    parser = argparse.ArgumentParser()
+    wd.add_arguments(parser)
+    args = parser.parse_args(["some/model", "--random"])
+    assert args.random is True
+    with pytest.raises(SystemExit):
+        wd.run_cli(args, parser)
+    assert "--random serves the random-weight demo models" in capsys.readouterr().err
