@@ -30,6 +30,7 @@ from .processing_ada_llava import AdaLlavaProcessor
 from .synthetic_vqa import Question, SceneObject, candidate_questions, draw_scene, is_test_scene, random_scene
 from .tiny_model import build_tiny_model, tiny_config
 from .tiny_processor import IMAGE_TOKEN, LATENCY_TOKEN, build_tiny_processor, build_tiny_tokenizer
+from .visualize import _prompt  # the one prompt builder of the tooling (the processor's chat template)
 
 # 7B-shaped where budgets are concerned, narrow everywhere else.
 DEMO_SHAPE = dict(
@@ -158,11 +159,6 @@ def demo_examples(task: dict, count: int = 3) -> list[tuple[Image.Image, str]]:
     return examples
 
 
-def _prompts(processor, questions: Sequence[str]) -> list[str]:
-    conversations = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
-    return [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
-
-
 def demo_image(width: int = 480, height: int = 360) -> Image.Image:
     """A synthetic picture drawn with PIL, the same on every call: sky, grass, a sun, a house and a tree."""
     image = Image.new("RGB", (width, height), (135, 190, 235))
@@ -180,7 +176,7 @@ def demo_image(width: int = 480, height: int = 360) -> Image.Image:
 
 def demo_inputs(processor, question: str = DEMO_QUESTION):
     """The vicuna_v1 prompt for `question` about [`demo_image`], processed into tensors."""
-    return processor(images=demo_image(), text=_prompts(processor, [question])[0], return_tensors="pt")
+    return processor(images=demo_image(), text=_prompt(processor, question), return_tensors="pt")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[bool] | None = None) -> str:
@@ -265,7 +261,7 @@ def run_demo(
             objects = demo_scene(task)
             questions = demo_questions(objects, task)
             image = draw_scene(objects, task["image_size"])
-            prompts = _prompts(processor, [q.text for q in questions])
+            prompts = [_prompt(processor, q.text) for q in questions]
             inputs = processor(images=[image] * len(prompts), text=prompts, padding=True, return_tensors="pt")
             text = model.config.get_text_config()
             say(

@@ -6,7 +6,7 @@ colour-shape pairs are present, but cannot look up a named cell), and the learne
 of random plans; see `benchmarks/results/e2e_vqa.md` for the numbers and README for what was tried.
 
     .venv/bin/python benchmarks/e2e_synthetic_vqa.py          # the full run (README table and plot, < 45 min, 2 cores)
-    .venv/bin/python benchmarks/e2e_synthetic_vqa.py --quick  # a smoke run of every step (about a minute)
+    .venv/bin/python benchmarks/e2e_synthetic_vqa.py --quick  # a smoke run of every step (about 20 s)
 
 Steps, all with the project's own code:
 
